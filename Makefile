@@ -1,0 +1,13 @@
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install test demo bench
+
+install:
+	$(PIP) install -q -r requirements.txt
+
+test: install
+	$(PYTHON) -m pytest -q
+
+demo: install
+	bash scripts/demo.sh
