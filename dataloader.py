@@ -879,8 +879,11 @@ class BatchLoader:
                  pin_memory: bool = False) -> None:
         self.dataset = dataset
         self.sampler = sampler
+        # Its own generator: creating an iterator must not draw from the global RNG, or a run
+        # resumed mid-epoch would augment differently from an uninterrupted one.
         self._loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_is, num_workers=workers,
-                                  pin_memory=pin_memory, persistent_workers=workers > 0)
+                                  pin_memory=pin_memory, persistent_workers=workers > 0,
+                                  generator=torch.Generator())
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Order batches for ``epoch``; the next pass skips its first ``start_batch`` batches (resume)."""

@@ -1,0 +1,151 @@
+"""Checkpoints: one plain dict, written atomically, read with ``weights_only=True``.
+
+A checkpoint holds everything eval.py needs to rebuild the model and its preprocessing
+with no flags (``arch``, ``model_options``, ``classes``, ``preprocess``), and everything
+train.py needs to continue the run exactly (optimizer, RNG states, epoch and step,
+history, the partial sums of an interrupted epoch).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from errors import UserError
+
+FORMAT = "resnet-suite/1"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, corrupt, unsafe or of another model."""
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` so that a crash at any moment leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself must reach the disk, or a power cut can bring back the old name.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best.pt", storage: Path = Path("storage")) -> Path:
+    """Turn a checkpoint file, a run folder or ``latest`` into a checkpoint file path."""
+    p = Path(path)
+    if str(path) == "latest" and not p.exists():
+        p = storage / "latest"
+    if p.is_dir():
+        for name in (prefer, "best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"{p} holds no best.pt or last.pt; give a checkpoint file or a run folder")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return p
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely: tensors and plain values only, never arbitrary objects."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} is not a safe checkpoint: it holds Python objects that would run code when "
+            f"loaded ({str(exc).splitlines()[0][:120]}); refusing to load it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this suite (it holds a {type(ckpt).__name__})")
+    return ckpt
+
+
+def state_dict_from(ckpt: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The model weights in a checkpoint of ours, a torchvision state_dict, or a {'state_dict': ...} file."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt.items()
+               if isinstance(v, torch.Tensor)}
+    if not weights:
+        raise CheckpointError(f"{path} holds no model weights")
+    return weights
+
+
+def check_compatible(ckpt: dict[str, Any], path: Path, arch: str, num_classes: int) -> None:
+    """CheckpointError naming both sides when a checkpoint is of another architecture or class count."""
+    got_arch, got_classes = ckpt.get("arch"), ckpt.get("num_classes")
+    if got_arch is not None and got_arch != arch:
+        raise CheckpointError(f"{path} is a {got_arch} checkpoint but {arch} was asked for")
+    if got_classes is not None and got_classes != num_classes:
+        raise CheckpointError(
+            f"{path} was trained for {got_classes} classes but the data has {num_classes}")
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA generator states as weights_only-loadable values."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"], "has_gauss": n["has_gauss"], "gauss": n["gauss"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]}})
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
+    """Rebuild the architecture a checkpoint names and load its weights strictly."""
+    from models import build_model  # here, so that reading a checkpoint does not need the models
+
+    missing = [k for k in ("arch", "num_classes", "model") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by train.py")
+    model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_options", {}))
+    try:
+        model.load_state_dict(state_dict_from(ckpt, path))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {ckpt['arch']} with {ckpt['num_classes']} classes "
+                              f"({str(exc).splitlines()[0][:160]})") from None
+    return model

@@ -1,0 +1,204 @@
+"""The training and evaluation loops: one step, one epoch, one evaluation pass.
+
+Hot-loop rules: no host sync per step (sums stay on the device and are read once per
+log interval), ``zero_grad(set_to_none=True)``, non-blocking copies, autocast when asked.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+LOG_EVERY = 50  # steps between the (syncing) finite-loss check and progress-bar update
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"the training loss became NaN/inf at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How batches are run on the hardware."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # bfloat16 / float16 under autocast, None for float32
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def inputs(self, images: torch.Tensor, transform: torch.nn.Module) -> torch.Tensor:
+        """uint8 CPU batch -> transformed float batch on the device, in the chosen memory format."""
+        x = transform(images.to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+@dataclass
+class EpochSums:
+    """Running sums of an epoch, on the device; also saved in mid-epoch checkpoints."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: torch.Tensor
+    bad_step: torch.Tensor  # first step with a non-finite loss, -1 if none
+    seconds: float = 0.0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochSums":
+        z = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
+        return cls(z(torch.float64), z(torch.int64), z(torch.int64), torch.full((), -1, device=device))
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "seen": self.seen.cpu(),
+                "bad_step": self.bad_step.cpu(), "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> "EpochSums":
+        return cls(*(state[k].to(device) for k in ("loss", "correct", "seen", "bad_step")), seconds=state["seconds"])
+
+
+def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: torch.nn.Module,
+               loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns the batch's summed loss and number correct (device tensors)."""
+    x, y = rt.inputs(images, transform), labels.to(rt.device, non_blocking=True)
+    with rt.autocast():
+        logits = model(x)
+        loss = loss_fn(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach().double() * y.numel(), (logits.detach().argmax(1) == y).sum()
+
+
+def train_one_epoch(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, loss_fn: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime,
+                    lr_at: Callable[[int], float], epoch: int, start_step: int, sums: EpochSums,
+                    after_step: Callable[[int, EpochSums], bool], show: bool = True) -> bool:
+    """Train for the rest of one epoch from ``start_step``; False if ``after_step`` asked to stop early.
+
+    ``lr_at(step_in_epoch)`` gives the learning rate; ``after_step(steps_done, sums)`` runs after
+    every step (checkpoints, signals) and returns True to stop.
+    """
+    model.train()
+    steps = len(loader)
+    t0 = time.perf_counter() - sums.seconds
+    with tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}", unit="batch", leave=False,
+              disable=not show, dynamic_ncols=True) as bar:
+        for step, (images, labels) in enumerate(loader, start=start_step):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
+            loss, correct = train_step(model, images, labels, transform, loss_fn, optimizer, scaler, rt)
+            sums.loss += loss
+            sums.correct += correct
+            sums.seen += labels.numel()
+            sums.bad_step = torch.where((sums.bad_step < 0) & ~torch.isfinite(loss), step, sums.bad_step)
+            bar.update()
+            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+                check_finite(sums, epoch)
+                bar.set_postfix(loss=f"{sums.loss.item() / max(sums.seen.item(), 1):.4f}",
+                                acc=f"{sums.correct.item() / max(sums.seen.item(), 1):.2%}")
+            sums.seconds = time.perf_counter() - t0
+            if after_step(step + 1, sums):
+                return False
+    return True
+
+
+def check_finite(sums: EpochSums, epoch: int) -> None:
+    """Raise NonFiniteLoss naming the first bad step (a host sync: call it rarely)."""
+    bad = int(sums.bad_step.item())
+    if bad >= 0:
+        raise NonFiniteLoss(epoch, bad)
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor, rt: Runtime, tta: bool) -> torch.Tensor:
+    """Float32 logits; with ``tta`` averaged over the identity and the three flips."""
+    with rt.autocast():
+        logits = model(x).float()
+        if tta:
+            for dims in ((3,), (2,), (2, 3)):
+                logits = logits + model(torch.flip(x, dims)).float()
+            logits = logits / 4
+    return logits
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime,
+             tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy, number correct and number seen over ``loader`` (device tensors)."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+    correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+    seen = torch.zeros((), dtype=torch.int64, device=rt.device)
+    for images, labels in loader:
+        y = labels.to(rt.device, non_blocking=True)
+        logits = forward(model, rt.inputs(images, transform), rt, tta)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.numel()
+    return loss_sum, correct, seen
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime,
+            tta: bool = False, show: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities (N x C) and the loader's labels, in loader order."""
+    model.eval()
+    probs, labels = [], []
+    for images, y in tqdm(loader, desc="predict", unit="batch", leave=False, disable=not show):
+        probs.append(forward(model, rt.inputs(images, transform), rt, tta).softmax(1).cpu())
+        labels.append(y)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def lr_schedule(kind: str, base_lr: float, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """A pure function step -> learning rate: 'cosine' (linear warm-up then cosine to 0), 'step', 'none'."""
+    def cosine(step: int) -> float:
+        if step < warmup_steps:
+            return base_lr * (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def stepwise(step: int) -> float:
+        # /10 at half and at three quarters of training, the classic ResNet recipe shape.
+        return base_lr * (0.1 ** sum(step >= total_steps * f for f in (0.5, 0.75)))
+
+    return {"cosine": cosine, "step": stepwise, "none": lambda step: base_lr}[kind]
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
+                   device: torch.device, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """SGD (Nesterov), Adam or AdamW; no weight decay on BatchNorm and biases (1-D tensors).
+
+    Each parameter group carries ``lr_scale`` (the backbone's share of the learning rate when
+    fine-tuning); the loop sets ``lr = schedule(step) * lr_scale``. Fused kernels on CUDA.
+    """
+    head = {id(p) for p in model.fc.parameters()}
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for p in model.parameters():
+        groups.setdefault((id(p) in head, p.ndim > 1), []).append(p)
+    param_groups = [{"params": ps, "weight_decay": weight_decay if decay else 0.0,
+                     "lr_scale": 1.0 if is_head else backbone_lr_scale}
+                    for (is_head, decay), ps in sorted(groups.items())]
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=momentum > 0, **fast)
+    if name == "adam":
+        return torch.optim.Adam(param_groups, lr=lr, **fast)
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, **fast)
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd, adam or adamw")

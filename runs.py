@@ -1,0 +1,85 @@
+"""Run folders under storage/: config.json, history.csv, best.pt, last.pt, eval/."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from errors import UserError
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one step so that readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    """history.csv with one row per finished epoch."""
+    write_text_atomic(run_dir / "history.csv", pd.DataFrame(rows, columns=HISTORY_COLUMNS).to_csv(index=False))
+
+
+def read_history(run_dir: Path) -> pd.DataFrame:
+    """A run's history.csv; UserError if missing or without the expected columns."""
+    path = run_dir / "history.csv"
+    try:
+        df = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise UserError(f"{path}: cannot read the run history ({exc.__class__.__name__})") from None
+    missing = [c for c in HISTORY_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; is this a run folder of train.py?")
+    return df
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json ({} if absent)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno})") from None
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / "history.csv").is_file()
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run folders among ``paths``: each is a run folder or a folder of run folders."""
+    runs: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            raise UserError(f"{p}: no such folder; give run folders or a folder that holds them (e.g. storage/)")
+        found = [p] if is_run(p) else sorted(d for d in p.iterdir() if d.is_dir() and not d.is_symlink() and is_run(d))
+        if not found:
+            raise UserError(f"{p}: holds no training run (a run folder has history.csv); train one with train.py")
+        runs += [r for r in found if r.resolve() not in {x.resolve() for x in runs}]
+    return runs
+
+
+def link_latest(out: Path, run_dir: Path) -> None:
+    """Point ``out/latest`` at the newest run (a relative symlink, replaced atomically)."""
+    link = out / "latest"
+    tmp = out / f".latest.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # no symlinks here (some Windows setups): fall back to a text file
+        write_text_atomic(out / "LATEST", run_dir.name + "\n")

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole lab on the synthetic demo data set, on the CPU, in a few minutes:
+# generate data -> train ResNet18/50/152 -> evaluate + Kaggle CSVs -> plot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=storage/demo
+COMMON=(--data new_dataset --out "$OUT" --image-size 64 -b 32 --workers 0 --seed 0)
+
+$PY demo_data.py --out new_dataset
+rm -rf "$OUT"
+$PY train.py -m ResNet18 -e 8 --name ResNet18 "${COMMON[@]}"
+$PY train.py -m ResNet50 -e 4 --name ResNet50 "${COMMON[@]}"
+$PY train.py -m ResNet152 -e 3 --name ResNet152 "${COMMON[@]}"
+for run in ResNet18 ResNet50 ResNet152; do
+    $PY eval.py -m "$OUT/$run" -c
+done
+$PY plot.py -f "$OUT"
+echo
+echo "Demo finished. Look at:"
+echo "  $OUT/accuracy.png              accuracy per epoch, three architectures"
+echo "  $OUT/confusion_matrices.png    valid confusion matrices side by side"
+echo "  $OUT/<model>/eval/             metrics, confusion matrices, Kaggle CSVs (*_submission.csv)"

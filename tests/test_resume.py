@@ -1,0 +1,131 @@
+"""Crash safety: SIGKILL mid-epoch and resume, SIGTERM, NaN loss, unsafe checkpoints."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from conftest import ROOT, write_lab_dataset
+
+ARGS = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "2", "--seed", "3", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 96 training images = 12 steps per epoch: room to kill the process mid-epoch.
+    return write_lab_dataset(tmp_path_factory.mktemp("resume"), n_train=96, n_valid=16, n_test=4, size=32)
+
+
+def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", "--data", str(data), "--out", str(out), *ARGS, *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before {path.name} appeared: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+def history(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "history.csv").drop(columns="seconds")
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    full = start(data, tmp_path / "full", "--name", "run", "--save-every", "1")
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
+
+    proc = start(data, tmp_path / "killed", "--name", "run", "--save-every", "1")
+    wait_for(tmp_path / "killed" / "run" / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = load_checkpoint(tmp_path / "killed" / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) < (2, 0), "the run finished before it was killed"
+
+    resumed = subprocess.run([sys.executable, "train.py", "--resume", str(tmp_path / "killed" / "run")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    pd.testing.assert_frame_equal(history(tmp_path / "killed" / "run"), history(tmp_path / "full" / "run"))
+
+
+def test_sigterm_saves_last_checkpoint_and_says_how_to_resume(data: Path, tmp_path: Path) -> None:
+    proc = start(data, tmp_path, "--name", "run", "-e", "50")
+    for line in proc.stdout:  # the model line is printed just before the first step
+        if line.startswith("ResNet18:"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "resume with: python train.py --resume" in err
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] * 12 + ckpt["step"] >= 1
+
+
+def test_nan_loss_stops_the_run_naming_epoch_and_step(data: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "train.py", "--data", str(data), "--out", str(tmp_path), *ARGS,
+                             "-o", "sgd", "-r", "1e30", "--label-smoothing", "0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "NaN/inf at epoch 1, step" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+class _CreatesFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_crafted_pickle_is_refused_and_runs_no_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _CreatesFile(marker)}, evil)
+    result = subprocess.run([sys.executable, "eval.py", "-m", str(evil)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "not a safe checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the file really would have run code
+    assert marker.exists()
+
+
+def test_checkpoint_write_is_atomic_when_saving_fails(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"epoch": 2, "bad": Unsaveable()}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_resuming_with_another_architecture_names_both(data: Path, tmp_path: Path) -> None:
+    path = tmp_path / "r" / "last.pt"
+    save_checkpoint({"arch": "resnet18", "num_classes": 2, "config": {}, "model": {}}, path)
+    result = subprocess.run([sys.executable, "train.py", "--resume", str(path), "-m", "ResNet50"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "resnet18" in result.stderr.lower() and "resnet50" in result.stderr.lower()
+
+
+def test_truncated_checkpoint_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "best.pt"
+    save_checkpoint({"epoch": 1, "model": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
