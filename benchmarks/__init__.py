@@ -1,0 +1,1 @@
+"""Speed measurements (run as modules, e.g. ``python -m benchmarks.models``)."""
