@@ -4,12 +4,17 @@ Pipeline
     open_data(root)            -> DataSource with Splits (file lists, labels, Kaggle ids)
     fit_preprocess(train, ...) -> Preprocess (crop measured on the data, mean/std of train)
     ImageDataset(split, prep)  -> uint8 3xHxW tensors, decoded+cropped+resized once (cache)
-    make_loader(dataset, ...)  -> batches (uint8 Nx3xHxW, int64 N) on the CPU
+    make_loader(dataset, ...)  -> batches (uint8 Nx3xHxW, int64 N) on the CPU (balanced=True: ~equal classes)
     BatchTransform(prep, ...)  -> on the device: augmentation (train) + normalisation -> float
+    class_weights(labels, ...) -> per-class loss weights against class imbalance
 
 Layouts that ``open_data`` recognises (``layout="auto"`` tries them in this order):
     lab      train.csv + valid.csv (Path,label) and test lists such as resnet_18_test.csv (Path)
     kaggle   C-NMC_Leukemia/training_data/fold_*/{all,hem}/*.bmp (+ validation/testing data)
+    retina-lab     train_img.csv + train_label.csv (+ test_img.csv, test_label.csv): one column, no
+                   header; images <name>.jpeg in images/ or the root (diabetic retinopathy, grades 0-4)
+    retina-kaggle  trainLabels.csv (image,level) + train/<image>.jpeg (+ test/, testLabels.csv or
+                   retinopathy_solution.csv): Kaggle's Diabetic Retinopathy Detection
     csv      labels.csv, or any .csv with path,label columns; paths relative to the CSV
     folders  train/<class>/* + valid/<class>/* (+ test/*), or <class>/* only
 """
@@ -31,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
@@ -43,13 +48,15 @@ LEUKEMIA_CLASSES = ("normal", "blast")  # 0 = hem (normal cell), 1 = all (leukem
 RETINOPATHY_CLASSES = ("no DR", "mild", "moderate", "severe", "proliferative")
 UNLABELLED = -1  # label returned for an image of an unlabelled test split
 
-LAYOUTS = ("lab", "kaggle", "csv", "folders")
+LAYOUTS = ("lab", "kaggle", "retina-lab", "retina-kaggle", "csv", "folders")
 SPLIT_METHODS = ("patient", "fold", "random")
 PREPROCESS_MODES = ("center", "fundus")
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LAYOUT_NEEDS = {
     "lab": "train.csv and valid.csv with columns Path,label (test lists *test*.csv with Path)",
     "kaggle": "C-NMC_Leukemia/training_data/fold_*/all|hem/*.bmp",
+    "retina-lab": "train_img.csv and train_label.csv (one column, no header), images/<name>.jpeg",
+    "retina-kaggle": "trainLabels.csv (image,level) and train/<image>.jpeg",
     "csv": "labels.csv or a .csv with path,label columns",
     "folders": "train/<class>/* and valid/<class>/*, or <class>/* with at least two classes",
 }
@@ -57,7 +64,13 @@ CELL_THRESHOLD = 16  # a pixel whose brightest channel exceeds this (of 255) bel
 CROP_MARGIN = 0.02  # added to the measured crop, as a fraction of the shorter side ...
 CROP_BORDER_PX = 3  # ... or enough for this many black output pixels on each side, if more
 CROP_SAMPLE = 256  # training images measured by fit_preprocess
-CACHE_VERSION = 1  # bump when load_image changes the pixels it produces
+FUNDUS_THRESHOLD = 12  # retina: brightest channel above this (of 255), after a 3x3 median, is the disk
+FUNDUS_MASK_SIDE = 512  # the disk is found on a copy reduced to at most about this many pixels a side
+RETINA_EXTENSIONS = (".jpeg", ".jpg", ".png")  # tried in this order for a name listed without one
+CLASS_WEIGHTINGS = ("none", "inverse", "sqrt")  # the kinds of class_weights
+COLOUR_JITTER = {"center": (0.2, 0.2, 0.2, 0.04),  # BatchTransform's brightness, contrast, saturation, hue
+                 "fundus": (0.1, 0.1, 0.1, 0.02)}  # mild: lesion colour (red bleeds, yellow exudates) is the signal
+CACHE_VERSION = 2  # bump when load_image changes the pixels it produces (2: fundus disk found robustly)
 _CHUNK = 64  # images per cache-building task
 
 
@@ -124,7 +137,7 @@ def open_data(root: str | Path, layout: str = "auto", split: str = "patient",
     """Find and read a data set under ``root`` (layout auto-detected unless named).
 
     ``split`` says how a layout without a fixed validation list is divided: "patient"
-    (Kaggle: no patient on both sides; elsewhere a stratified image-level split),
+    (Kaggle and retina: no patient on both sides, stratified; elsewhere stratified by image),
     "fold" (Kaggle: the last fold validates) or "random" (stratified, image level).
     Every image path is checked here; pixels are read later, by ``load_image``.
     """
@@ -149,6 +162,10 @@ def open_data(root: str | Path, layout: str = "auto", split: str = "patient",
         return _open_lab(root)
     if found == "kaggle":
         return _open_kaggle(root, split, valid_fraction, seed)
+    if found == "retina-lab":
+        return _open_retina_lab(root, split, valid_fraction, seed)
+    if found == "retina-kaggle":
+        return _open_retina_kaggle(root, split, valid_fraction, seed)
     if found == "csv":
         return _open_csv(root, split, valid_fraction, seed)
     return _open_folders(root, split, valid_fraction, seed)
@@ -159,6 +176,10 @@ def _detect_layout(root: Path) -> str | None:
         return "lab"
     if _kaggle_base(root) is not None:
         return "kaggle"
+    if (root / "train_img.csv").is_file() and (root / "train_label.csv").is_file():
+        return "retina-lab"
+    if (root / "trainLabels.csv").is_file():
+        return "retina-kaggle"
     if _find_label_csv(root) is not None:
         return "csv"
     if _class_folders(root / "train") or (not (root / "train").exists() and len(_class_folders(root)) >= 2):
@@ -424,6 +445,181 @@ def _kaggle_prelim(folder: Path, csv: Path) -> Split:
     return _make_split("test", paths, labels, names, str(csv))
 
 
+# ------------------------------------------------------------------- retina layouts
+
+_EYE_NAME = re.compile(r"([^_]+)_(left|right)", re.IGNORECASE)  # Kaggle DR names: <patient>_<eye>, e.g. 10_left
+
+
+def _read_column(csv: Path) -> list[str]:
+    """The values of a one-column CSV without a header (value i is on line i + 1), stripped."""
+    try:
+        frame = pd.read_csv(csv, header=None, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        return []
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"cannot read CSV {csv}: {exc}") from exc
+    if frame.shape[1] != 1:
+        raise DataError(f"{csv} has {frame.shape[1]} columns; the retina lab's CSVs have one column and no header")
+    values = [value.strip() for value in frame[0]]
+    while values and not values[-1]:  # a trailing blank line is not a row
+        values.pop()
+    return values
+
+
+def _retina_index(folders: Sequence[Path]) -> dict[str, Path]:
+    """{file name and name without extension: file} for the images in ``folders`` (earlier ones win).
+
+    One directory listing instead of a stat per extension and folder for each of ~35,000 names.
+    """
+    index: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            found = [Path(e.path) for e in entries if e.name[:1] != "." and e.is_file()
+                     and Path(e.name).suffix.lower() in RETINA_EXTENSIONS]
+        for path in sorted(found, key=lambda p: RETINA_EXTENSIONS.index(p.suffix.lower())):
+            index.setdefault(path.name, path)
+            index.setdefault(path.stem, path)
+    return index
+
+
+def _retina_images(names: Sequence[str], csv: Path, first_line: int, index: dict[str, Path],
+                   folders: Sequence[Path]) -> list[Path]:
+    """The image file of each listed name; DataError naming the CSV line of the first one missing."""
+    paths = []
+    for line, name in enumerate(names, start=first_line):
+        if not name:
+            raise DataError(f"{csv} line {line}: empty image name")
+        if name not in index:
+            places = " or ".join(f"{folder}/" for folder in folders)
+            raise DataError(f"{csv} line {line}: image {name!r} not found "
+                            f"(looked for {name}{'|'.join(RETINA_EXTENSIONS)} in {places})")
+        paths.append(index[name])
+    return paths
+
+
+def _grades(values: Sequence[str], csv: Path, first_line: int) -> list[int]:
+    return [_int_label(v, csv, line, RETINOPATHY_CLASSES) for line, v in enumerate(values, start=first_line)]
+
+
+def _eye_patients(names: Sequence[str]) -> list[str] | None:
+    """The patient id of each Kaggle-style name (10_left -> "10"); None if any name is not like that."""
+    matches = [_EYE_NAME.fullmatch(name) for name in names]
+    return [m[1] for m in matches] if all(matches) else None
+
+
+def _retina_partition(grades: list[int], patients: list[str] | None, method: str, valid_fraction: float,
+                      seed: int) -> tuple[list[int], list[int], str]:
+    """Indices (train, valid) and a note: with ``method`` "patient" and patient ids, both eyes on one side.
+
+    Patients are stratified by their worse eye's grade, so the rare grades reach validation too.
+    """
+    if method == "patient" and patients is not None:
+        ids = sorted(set(patients))
+        worst: dict[str, int] = {}
+        for patient, grade in zip(patients, grades):
+            worst[patient] = max(grade, worst.get(patient, 0))
+        train_p, valid_p = _stratified_split([worst[p] for p in ids], valid_fraction, seed)
+        valid_set = {ids[i] for i in valid_p}
+        train = [i for i, p in enumerate(patients) if p not in valid_set]
+        valid = [i for i, p in enumerate(patients) if p in valid_set]
+        how = (f"patient-level split stratified by the worse eye (seed {seed}): {len(train_p)} patients train / "
+               f"{len(valid_p)} valid, both eyes of a patient on the same side")
+    else:
+        train, valid = _stratified_split(grades, valid_fraction, seed)
+        why = " (the names carry no patient id)" if method == "patient" else ""
+        how = f"stratified random image-level split (seed {seed}){why}"
+    note = f"{how}; {len(train)} / {len(valid)} images"
+    if patients is not None and method != "patient":
+        shared = {patients[i] for i in train} & {patients[i] for i in valid}
+        note += f"; {len(shared)} patients have an eye on each side (a leak that inflates validation scores)"
+    return train, valid, note
+
+
+def _retina_splits(paths: list[Path], grades: list[int], names: list[str], train: list[int], valid: list[int],
+                   source: str) -> dict[str, Split]:
+    return {name: _make_split(name, [paths[i] for i in idx], [grades[i] for i in idx], [names[i] for i in idx], source)
+            for name, idx in (("train", train), ("valid", valid))}
+
+
+def _read_retina_lab_list(root: Path, split: str, index: dict[str, Path], folders: Sequence[Path],
+                          labelled: bool) -> tuple[list[Path], list[int] | None, list[str]]:
+    """<split>_img.csv (and <split>_label.csv): paths, grades and names, row by row."""
+    img_csv, label_csv = root / f"{split}_img.csv", root / f"{split}_label.csv"
+    names = _read_column(img_csv)
+    grades = None
+    if labelled:
+        values = _read_column(label_csv)
+        if len(values) != len(names):
+            raise DataError(f"{img_csv} has {len(names)} rows but {label_csv} has {len(values)}; "
+                            f"they must list the same images in the same order")
+        grades = _grades(values, label_csv, 1)
+    return _retina_images(names, img_csv, 1, index, folders), grades, names
+
+
+def _open_retina_lab(root: Path, method: str, valid_fraction: float, seed: int) -> DataSource:
+    """The retinopathy lab: train_img/train_label (+ test_img/test_label); valid is a slice of train."""
+    for name in ("train_img.csv", "train_label.csv"):
+        if not (root / name).is_file():
+            raise DataError(f"retina-lab layout needs {root / name} (one column, no header)")
+    folders = [root / "images", root]
+    index = _retina_index(folders)
+    paths, grades, names = _read_retina_lab_list(root, "train", index, folders, labelled=True)
+    if not names:
+        raise DataError(f"split 'train' is empty ({root / 'train_img.csv'} lists no images)")
+    train, valid, how = _retina_partition(grades, _eye_patients(names), method, valid_fraction, seed)
+    splits = _retina_splits(paths, grades, names, train, valid, str(root / "train_img.csv"))
+    test_img, test_label = root / "test_img.csv", root / "test_label.csv"
+    if test_label.is_file() and not test_img.is_file():
+        raise DataError(f"{test_label} has no {test_img.name} beside it to say which images it labels")
+    if test_img.is_file():
+        paths, grades, names = _read_retina_lab_list(root, "test", index, folders, labelled=test_label.is_file())
+        splits["test"] = _make_split("test", paths, grades, names, str(test_img))
+    note = f"retina-lab layout: valid from train_img.csv by a {how}"
+    if "test" in splits:
+        note += f"; test {len(splits['test'])}{'' if splits['test'].labels else ' (unlabelled)'}"
+    return DataSource(root, "retina-lab", "retinopathy", RETINOPATHY_CLASSES, splits, note)
+
+
+def _read_image_level(csv: Path, folders: Sequence[Path]) -> tuple[list[Path], list[int], list[str]]:
+    """A Kaggle image,level CSV (other columns, such as Usage, ignored): paths, grades, names."""
+    frame = _read_csv(csv)
+    image_col, level_col = _column(frame, csv, ["image", "level"])
+    names = [name.strip() for name in frame[image_col]]
+    paths = _retina_images(names, csv, 2, _retina_index(folders), folders)
+    return paths, _grades(frame[level_col].tolist(), csv, 2), names
+
+
+def _open_retina_kaggle(root: Path, method: str, valid_fraction: float, seed: int) -> DataSource:
+    """Kaggle's Diabetic Retinopathy Detection: trainLabels.csv + train/, optionally test/ (+ its labels)."""
+    csv = root / "trainLabels.csv"
+    if not csv.is_file():
+        raise DataError(f"retina-kaggle layout needs {csv} (columns image,level)")
+    paths, grades, names = _read_image_level(csv, [root / "train", root])
+    if not names:
+        raise DataError(f"split 'train' is empty ({csv} lists no images)")
+    patients = _eye_patients(names)
+    if method == "patient" and patients is None:
+        line, name = next((i, n) for i, n in enumerate(names, start=2) if not _EYE_NAME.fullmatch(n))
+        raise DataError(f"{csv} line {line}: no patient id in image name {name!r} (Kaggle names look like 10_left); "
+                        f"use split='random' for an image-level split")
+    train, valid, how = _retina_partition(grades, patients, method, valid_fraction, seed)
+    splits = _retina_splits(paths, grades, names, train, valid, str(csv))
+    test = root / "test"
+    labels = next((c for c in (root / "testLabels.csv", root / "retinopathy_solution.csv") if c.is_file()), None)
+    if test.is_dir() and labels is not None:
+        test_paths, test_grades, test_names = _read_image_level(labels, [test])
+        splits["test"] = _make_split("test", test_paths, test_grades, test_names, str(labels))
+    elif test.is_dir():
+        found = _images_in(test)
+        splits["test"] = _make_split("test", found, None, [p.stem for p in found], str(test))
+    note = f"retina-kaggle layout: {how}"
+    if "test" in splits:
+        note += f"; test {len(splits['test'])} " + (f"labelled by {labels.name}" if labels else "(unlabelled)")
+    return DataSource(root, "retina-kaggle", "retinopathy", RETINOPATHY_CLASSES, splits, note)
+
+
 # ------------------------------------------------------------------ generic layouts
 
 
@@ -579,17 +775,61 @@ def _centre_box(width: int, height: int, crop: float) -> tuple[float, float, flo
     return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
 
 
+def _disk_centre(start: int, end: int, length: int, diameter: int, slack: int) -> float:
+    """Centre along one axis of a disk of ``diameter`` seen from ``start`` to ``end`` of ``[0, length)``.
+
+    ``slack``: how much shorter than the diameter a whole disk may measure (the mask's resolution).
+    """
+    whole = end - start >= diameter - slack
+    if whole or (start == 0) == (end == length):
+        return (start + end) / 2  # whole, or cut alike on both sides (the camera's field stop)
+    return end - diameter / 2 if start == 0 else start + diameter / 2  # cut by one edge of the photo
+
+
+def _disk_span(profile: np.ndarray) -> tuple[int, int] | None:
+    """[start, end) of the rows (or columns) of the disk: the unbroken run around the fullest one.
+
+    A row counts if it holds over 5% of the fullest row's disk pixels (a disk's chord is that
+    short only within 0.2% of its radius of the rim); specks apart from the disk are left out.
+    """
+    peak = int(profile.argmax())
+    if profile[peak] == 0:
+        return None
+    gaps = np.flatnonzero(profile <= 0.05 * profile[peak])
+    before, after = gaps[gaps < peak], gaps[gaps > peak]
+    return (int(before[-1]) + 1 if len(before) else 0), (int(after[0]) if len(after) else len(profile))
+
+
+def fundus_box(img: Image.Image) -> tuple[int, int, int, int]:
+    """The square (left, top, right, bottom) around the retina disk; it may reach outside the photo.
+
+    The disk is where the brightest channel exceeds FUNDUS_THRESHOLD on a copy reduced to about
+    FUNDUS_MASK_SIDE pixels (box-averaged) and median-filtered, so JPEG noise does not count, nor
+    do specks apart from the disk (``_disk_span``). Its diameter is the longer extent; along an
+    axis where one edge of the photo cuts the disk, the centre is measured from the uncut side.
+    An image with no disk (all black) gives the whole photo padded to a square.
+    """
+    width, height = img.size
+    factor = max(1, round(max(width, height) / FUNDUS_MASK_SIDE))
+    small = np.asarray(img.reduce(factor) if factor > 1 else img).max(axis=2)
+    disk = np.asarray(Image.fromarray(small).filter(ImageFilter.MedianFilter(3))) > FUNDUS_THRESHOLD
+    rows, cols = _disk_span(disk.sum(axis=1)), _disk_span(disk.sum(axis=0))
+    if rows is None or cols is None:
+        side = max(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+    # mask pixel i covers [i * factor, (i + 1) * factor) of the photo; the last one may be partial
+    x0, x1 = cols[0] * factor, min(width, cols[1] * factor)
+    y0, y1 = rows[0] * factor, min(height, rows[1] * factor)
+    diameter = max(x1 - x0, y1 - y0)
+    left = round(_disk_centre(x0, x1, width, diameter, 2 * factor) - diameter / 2)
+    top = round(_disk_centre(y0, y1, height, diameter, 2 * factor) - diameter / 2)
+    return left, top, left + diameter, top + diameter
+
+
 def _fundus_square(img: Image.Image) -> Image.Image:
-    """Crop to the bounding box of the non-black retina disk and pad it to a black square."""
-    bright = np.asarray(img.convert("L")) > CELL_THRESHOLD
-    rows = np.flatnonzero(bright.mean(axis=1) > 0.01)  # ignore stray bright pixels in the border
-    cols = np.flatnonzero(bright.mean(axis=0) > 0.01)
-    if len(rows) and len(cols):
-        img = img.crop((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
-    side = max(img.size)
-    square = Image.new("RGB", (side, side))
-    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-    return square
+    """Crop to the square around the retina disk; what lies outside the photo becomes black."""
+    return img.crop(fundus_box(img))  # PIL fills a box beyond the image with zeros
 
 
 def load_image(path: Path, prep: Preprocess) -> np.ndarray:
@@ -822,6 +1062,76 @@ class LeukemiaLoader(ImageDataset):
         super().__init__(self.source.split(mode), prep, cache_dir)
 
 
+class RetinopathyLoader(ImageDataset):
+    """The retinopathy lab's data set by name: ``RetinopathyLoader("new_dataset_retina", "train")[i]``.
+
+    ``root`` holds the retina-lab layout (train_img.csv, train_label.csv, test_img.csv,
+    test_label.csv) or Kaggle's (trainLabels.csv + train/). ``mode`` is "train", "valid" (a
+    seeded, stratified, patient-level slice of the training list: ``open_data``'s defaults) or
+    "test". An item is (uint8 3xHxW tensor, grade 0-4; see RETINOPATHY_CLASSES): the fundus disk
+    cropped, padded to a black square and resized to ``image_size``, decoded once into
+    ``cache_dir`` if given; normalisation and augmentation run on the device, in
+    ``BatchTransform``. The preprocessing is fundus mode with ImageNet statistics unless
+    ``prep`` (e.g. from a checkpoint) is given.
+    """
+
+    def __init__(self, root: str | Path, mode: str, image_size: int = 224, cache_dir: Path | None = None,
+                 prep: Preprocess | None = None) -> None:
+        self.source = open_data(root)
+        if self.source.task != "retinopathy":
+            raise DataError(f"{root} holds {self.source.task} data ({self.source.layout} layout), not retina "
+                            f"photos; needs {LAYOUT_NEEDS['retina-lab']}, or {LAYOUT_NEEDS['retina-kaggle']}")
+        self.mode = mode
+        if prep is None:
+            prep = fit_preprocess(self.source.split("train"), image_size, "fundus", imagenet_stats=True,
+                                  cache_dir=cache_dir)
+        super().__init__(self.source.split(mode), prep, cache_dir)
+
+
+# ------------------------------------------------------------------ class imbalance
+
+
+def class_weights(labels: Sequence[int] | np.ndarray | torch.Tensor, kind: str,
+                  num_classes: int | None = None) -> torch.Tensor:
+    """Per-class loss weights against class imbalance (float32, one per class), e.g. for CrossEntropyLoss.
+
+    With n_c the number of labels of class c, N = sum_c n_c, and C the number of classes that
+    occur (n_c > 0)::
+
+        "none"     w_c = 1
+        "inverse"  w_c = N / (C * n_c)                      (scikit-learn's "balanced")
+        "sqrt"     w_c = N / (sqrt(n_c) * sum_k sqrt(n_k))   (proportional to 1 / sqrt(n_c))
+
+    Both weightings have mean 1 over the samples (sum_c n_c w_c / N = 1), so the loss keeps its
+    scale. A class with no labels gets w_c = 0 (it is never a target; no division by zero).
+    ``num_classes`` defaults to max(labels) + 1; pass it when the last classes may be absent.
+    """
+    if kind not in CLASS_WEIGHTINGS:
+        raise ValueError(f"unknown class weighting {kind!r}; choices: {', '.join(CLASS_WEIGHTINGS)}")
+    values = torch.as_tensor(labels).to(torch.int64).flatten()
+    if len(values) and int(values.min()) < 0:
+        raise ValueError("class_weights needs labels >= 0 (is the split unlabelled?)")
+    classes = num_classes if num_classes is not None else int(values.max()) + 1 if len(values) else 0
+    if len(values) and int(values.max()) >= classes:
+        raise ValueError(f"label {int(values.max())} is not below num_classes={classes}")
+    if kind == "none":
+        return torch.ones(classes)
+    counts = torch.bincount(values, minlength=classes).double()
+    present = counts[counts > 0]
+    power = 1.0 if kind == "inverse" else 0.5  # w_c = N / (n_c^p * sum_k n_k^(1 - p)): mean 1 over samples
+    weights = torch.zeros(classes, dtype=torch.float64)
+    weights[counts > 0] = len(values) / (present ** power * (present ** (1 - power)).sum())
+    return weights.float()
+
+
+def _balancing_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample draw weights 1 / n_(its class): every class is drawn equally often on average."""
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError("balanced sampling needs labels; this split is unlabelled")
+    counts = torch.bincount(labels).double()
+    return 1.0 / counts[labels]
+
+
 # --------------------------------------------------------------------------- loader
 
 
@@ -830,15 +1140,21 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     Training (``shuffle``) pads the permutation by wrapping so every rank gets the same number
     of batches (like DistributedSampler); evaluation gives each rank a contiguous block, every
-    index exactly once across ranks.
+    index exactly once across ranks. With ``weights`` (training only) an epoch is instead as many
+    draws with replacement, index i with probability proportional to weights[i], dealt out to
+    the ranks like the permutation: each draw goes to exactly one rank.
     """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, weights: torch.Tensor | None = None) -> None:
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        if weights is not None and (not shuffle or len(weights) != size):
+            raise ValueError(f"weighted sampling needs shuffle=True and one weight per item ({size}), "
+                             f"got shuffle={shuffle} and {len(weights)} weights")
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -850,9 +1166,14 @@ class ShardedBatchSampler(Sampler[list[int]]):
             return list(range(self.rank * self.size // self.world_size, (self.rank + 1) * self.size // self.world_size))
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])  # mixes both, no collisions
         generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(self.size, generator=generator).tolist()
         padded = math.ceil(self.size / self.world_size) * self.world_size
-        order = (order * math.ceil(padded / max(self.size, 1)))[:padded]
+        if self.weights is not None:
+            if padded == 0:
+                return []
+            order = torch.multinomial(self.weights, padded, replacement=True, generator=generator).tolist()
+        else:
+            order = torch.randperm(self.size, generator=generator).tolist()
+            order = (order * math.ceil(padded / max(self.size, 1)))[:padded]
         return order[self.rank::self.world_size]
 
     def __len__(self) -> int:
@@ -902,9 +1223,16 @@ class BatchLoader:
 
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int = 0,
                 workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
-                rank: int = 0, world_size: int = 1) -> BatchLoader:
-    """Batches of ``dataset`` for one rank; each batch is one ``__getitems__`` read."""
-    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size)
+                rank: int = 0, world_size: int = 1, balanced: bool = False) -> BatchLoader:
+    """Batches of ``dataset`` for one rank; each batch is one ``__getitems__`` read.
+
+    ``balanced`` (training, needs ``shuffle``): each epoch draws its indices with replacement,
+    image i with probability proportional to 1 / n_(class of i), so that every class is seen
+    about equally often; still a pure function of (seed, epoch), with as many batches per epoch
+    as without balancing. Rare images repeat within an epoch and common ones are skipped.
+    """
+    weights = _balancing_weights(dataset.labels) if balanced else None
+    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size, weights)
     return BatchLoader(dataset, sampler, workers, pin_memory)
 
 
@@ -936,16 +1264,20 @@ class BatchTransform(torch.nn.Module):
 
     Training draws, per sample, from the global torch RNG: flips, a rotation by any angle, a
     scale and a shift (one affine warp, zeros = black outside), then brightness, contrast,
-    saturation and hue (one 3x3 colour matrix plus an offset). Without host syncs.
+    saturation and hue (one 3x3 colour matrix plus an offset). Without host syncs. Colour
+    strengths left as None come from COLOUR_JITTER for ``prep.mode``: milder for fundus photos.
     """
 
     def __init__(self, prep: Preprocess, train: bool, scale: tuple[float, float] = (0.9, 1.1),
-                 translate: float = 0.05, brightness: float = 0.2, contrast: float = 0.2,
-                 saturation: float = 0.2, hue: float = 0.04) -> None:
+                 translate: float = 0.05, brightness: float | None = None, contrast: float | None = None,
+                 saturation: float | None = None, hue: float | None = None) -> None:
         super().__init__()
         self.augment = train
         self.scale, self.translate = scale, translate
-        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        given = (brightness, contrast, saturation, hue)
+        defaults = COLOUR_JITTER.get(prep.mode, COLOUR_JITTER["center"])
+        self.brightness, self.contrast, self.saturation, self.hue = (
+            default if value is None else value for value, default in zip(given, defaults))
         mean = torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1)
         yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)
@@ -971,6 +1303,9 @@ class BatchTransform(torch.nn.Module):
 
     def _random_warps(self, n: int, device: torch.device) -> torch.Tensor:
         """N x 2 x 3 affine matrices (output -> input coordinates): flips, rotation, scale, shift."""
+        # Cells and fundus photos have no "up": any angle is valid (both are standard for DR). A
+        # vertical flip is a horizontal one plus a 180 degree turn, so with uniform angles the second
+        # flip adds nothing, and harms nothing either; it is kept so that existing seeds reproduce.
         angle = torch.rand(n, device=device) * (2 * math.pi)
         flips = torch.randint(0, 2, (n, 2), device=device).float() * 2 - 1
         scale = torch.empty(n, device=device).uniform_(*self.scale)
