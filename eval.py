@@ -18,6 +18,7 @@ import dataloader as data
 import engine
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from errors import UserError, run_cli
+from gradcam import cam_count, save_cam_grid
 from hardware import make_runtime, pick_device
 from metrics import classification_metrics, confusion, format_metrics, save_confusion_png
 from models import display_name
@@ -37,6 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--use_device", help="device: a GPU number (0, 1, ...) or cpu/cuda:N/mps")
     p.add_argument("--tta", action="store_true", help="average predictions over the three flips")
     p.add_argument("--output", help="output folder (default <run folder>/eval/)")
+    p.add_argument("--cam", type=cam_count, default=0, metavar="N",
+                   help="also save <split>_gradcam.png per labelled split: Grad-CAM of the N most confident "
+                        "mistakes and N correct images per class (default 0: off)")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="decode images without the cache")
     p.add_argument("--workers", type=int, default=0, help="loader processes (default 0)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -71,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   workers=args.workers, pin_memory=device.type == "cuda")
         probs, labels = engine.predict(model, loader, data.BatchTransform(prep, train=False).to(device), rt, args.tta)
         write_outputs(out, split, probs, labels, classes, f"{name} - {split.name}")
+        if args.cam and split.labels is not None:
+            grid = save_cam_grid(model, loader.dataset, prep, probs, classes, args.cam,
+                                 out / f"{split.name}_gradcam.png", f"{name} - {split.name}")
+            print(f"{split.name}: Grad-CAM grid -> {grid}")
     return 0
 
 
