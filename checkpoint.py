@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from errors import UserError
+from runs import default_mode
 
 FORMAT = "resnet-suite/1"
 
@@ -36,6 +37,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -58,6 +58,32 @@ def broadcast_object(obj: object, d: Dist) -> object:
     return box[0]
 
 
+def average_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks, in place.
+
+    Each rank updates them from its own shard during a step, so without this the ranks
+    would validate with slightly different models, and not with the one rank 0 saves.
+    """
+    if d.enabled:
+        for b in module.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b, op=dist.ReduceOp.SUM)
+                b /= d.world_size
+
+
+def ranks_agree(module: torch.nn.Module, d: Dist) -> bool:
+    """True when every rank holds the same parameters and buffers (compared by checksum)."""
+    if not d.enabled:
+        return True
+    total = torch.zeros(2, dtype=torch.float64, device=next(module.parameters()).device)
+    for i, t in enumerate(module.state_dict().values()):
+        total[0] += t.double().sum()
+        total[1] += (t.double().flatten() * (i + 1)).abs().sum()
+    gathered = [torch.zeros_like(total) for _ in range(d.world_size)]
+    dist.all_gather(gathered, total)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

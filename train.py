@@ -30,6 +30,7 @@ from checkpoint import (CheckpointError, load_checkpoint, resolve_checkpoint, rn
 from errors import UserError, run_cli
 from hardware import make_runtime, out_of_memory_message, pick_device
 from models import MODELS, build_model, canonical_name, display_name
+from pretrained import load_pretrained
 from runs import link_latest, write_history, write_json
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
@@ -68,6 +69,11 @@ class TrainConfig:
     out: str = "storage"
     name: str | None = None
     save_every: int = 0
+    pretrained: str | None = None
+    freeze_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    class_weights: str = "none"
+    balanced_sampler: bool = False
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,12 +93,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="warm-up length for cosine (default 1)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
     p.add_argument("--data", default="new_dataset", help="data root (default new_dataset/)")
-    p.add_argument("--layout", default="auto", choices=("auto", "lab", "kaggle", "csv", "folders"),
+    p.add_argument("--layout", default="auto", choices=("auto", *data.LAYOUTS),
                    help="data layout (default: detected)")
-    p.add_argument("--split", default="patient", choices=("patient", "fold", "random"),
+    p.add_argument("--split", default="patient", choices=data.SPLIT_METHODS,
                    help="how to split train/valid when the layout has no valid list (default patient)")
     p.add_argument("--image-size", type=int, default=224, help="input side in pixels (default 224)")
     p.add_argument("--head", choices=("linear", "mlp"), default="linear", help="classifier head (default linear)")
+    p.add_argument("--pretrained", metavar="WEIGHTS",
+                   help="start from 'imagenet' (torchvision's weights) or a state_dict/checkpoint file; "
+                        "the head is replaced and ImageNet mean/std are used")
+    p.add_argument("--freeze-epochs", type=int, default=0, metavar="N",
+                   help="train only the head for the first N epochs, then the whole network")
+    p.add_argument("--backbone-lr-scale", type=float, default=1.0, metavar="S",
+                   help="backbone learning rate = S x head learning rate (e.g. 0.1 when fine-tuning)")
+    p.add_argument("--class-weights", choices=("none", "inverse", "sqrt"), default="none",
+                   help="weight the loss by inverse (or sqrt-inverse) class frequency (default none)")
+    p.add_argument("--balanced-sampler", action="store_true",
+                   help="draw training images so every class is seen about equally often")
     p.add_argument("--zero-init-residual", action="store_true", help="zero the last BN of each residual branch")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -132,7 +149,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data=args.data, layout=args.layout, split=args.split, image_size=args.image_size, head=args.head,
         zero_init_residual=args.zero_init_residual, seed=args.seed, device=args.device, workers=args.workers,
         amp=args.amp, channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
-        cache=args.cache, out=args.out, name=args.name, save_every=args.save_every)
+        cache=args.cache, out=args.out, name=args.name, save_every=args.save_every, pretrained=args.pretrained,
+        freeze_epochs=args.freeze_epochs, backbone_lr_scale=args.backbone_lr_scale,
+        class_weights=args.class_weights, balanced_sampler=args.balanced_sampler)
     checks = [(cfg.epochs >= 1, f"-e/--epochs must be at least 1 (got {cfg.epochs})"),
               (cfg.batch_size >= 1, f"-b/--batch_size must be at least 1 (got {cfg.batch_size})"),
               (cfg.learning_rate > 0, f"-r/--learning_rate must be positive (got {cfg.learning_rate})"),
@@ -141,7 +160,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
               (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {cfg.label_smoothing})"),
               (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {cfg.warmup_epochs})"),
               (32 <= cfg.image_size <= 1024, f"--image-size must be between 32 and 1024 (got {cfg.image_size})"),
-              (cfg.save_every >= 0, f"--save-every must be >= 0 (got {cfg.save_every})")]
+              (cfg.save_every >= 0, f"--save-every must be >= 0 (got {cfg.save_every})"),
+              (0 <= cfg.freeze_epochs, f"--freeze-epochs must be >= 0 (got {cfg.freeze_epochs})"),
+              (cfg.backbone_lr_scale > 0, f"--backbone-lr-scale must be positive (got {cfg.backbone_lr_scale})")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -203,22 +224,30 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
     workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
     pin = device.type == "cuda"
     train_loader = data.make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=workers,
-                                    pin_memory=pin, drop_last=True, rank=dist.rank, world_size=dist.world_size)
+                                    pin_memory=pin, drop_last=True, rank=dist.rank, world_size=dist.world_size,
+                                    balanced=cfg.balanced_sampler)
     valid_loader = data.make_loader(valid_set, cfg.batch_size * 2, shuffle=False, workers=workers,
                                     pin_memory=pin, rank=dist.rank, world_size=dist.world_size)
     train_tf, eval_tf = data.BatchTransform(prep, train=True).to(device), data.BatchTransform(prep, train=False).to(device)
 
     raw = build_model(arch, len(source.classes), head=cfg.head, zero_init_residual=cfg.zero_init_residual)
+    if cfg.pretrained and not ckpt and dist.is_main:  # DDP then copies rank 0's weights to the others
+        print(f"{display_name(arch)}: {load_pretrained(raw, cfg.pretrained, arch)}")
     if cfg.sync_bn and dist.enabled:
         raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
-    model: torch.nn.Module = DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None) \
-        if dist.enabled else raw
+    # Frozen backbone weights get no gradients; DDP must be told to expect that.
+    model: torch.nn.Module = DistributedDataParallel(
+        raw, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=cfg.freeze_epochs > 0) if dist.enabled else raw
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = engine.make_optimizer(raw, cfg.optimizer, cfg.learning_rate, cfg.momentum, cfg.weight_decay, device)
+    optimizer = engine.make_optimizer(raw, cfg.optimizer, cfg.learning_rate, cfg.momentum, cfg.weight_decay, device,
+                                      backbone_lr_scale=cfg.backbone_lr_scale)
     scaler = torch.amp.GradScaler(device.type, enabled=rt.amp_dtype == torch.float16)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weights = data.class_weights(source.splits["train"].labels, cfg.class_weights, num_classes=len(source.classes))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if cfg.class_weights != "none" else None,
+                                        label_smoothing=cfg.label_smoothing)
     steps = len(train_loader)
     schedule = engine.lr_schedule(cfg.scheduler, cfg.learning_rate, cfg.epochs * steps,
                                   round(cfg.warmup_epochs * steps))
@@ -258,6 +287,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             train_loader.set_epoch(epoch, start_batch=state["step"])
+            raw.freeze_backbone(epoch < cfg.freeze_epochs)
             sums = (engine.EpochSums.from_state(state["sums"], device) if state["sums"] else
                     engine.EpochSums.zeros(device))
             try:
@@ -271,7 +301,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
                 raise UserError(f"{exc}; {kept}. Try a lower -r/--learning_rate or --no-amp") from None
             if not finished:
                 raise SystemExit(stop.exit_message(run_dir, epoch + 1, state["step"]))
-            row = finish_epoch(model, valid_loader, eval_tf, rt, dist, sums, epoch, schedule(epoch * steps + steps - 1))
+            row = finish_epoch(raw, valid_loader, eval_tf, rt, dist, sums, epoch, schedule(epoch * steps + steps - 1))
             state["history"].append(row)
             best = row["valid_acc"] > state["best_acc"]
             if best:
@@ -287,7 +317,11 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
         raise UserError(out_of_memory_message(cfg.batch_size, cfg.image_size)) from None
     finally:
         stop.restore()
+    if not distributed.ranks_agree(raw, dist):
+        raise RuntimeError("the processes ended with different weights; please report this as a bug")
     if dist.is_main:
+        if dist.enabled:
+            print(f"{display_name(arch)}: parameters identical on all {dist.world_size} processes")
         print(f"{display_name(arch)}: best valid accuracy {state['best_acc']:.2%} at epoch {state['best_epoch']}; "
               f"weights {run_dir / 'best.pt'}\n  evaluate: python eval.py -m {run_dir}")
     return run_dir
@@ -299,7 +333,8 @@ def prepare(source: data.DataSource, cfg: TrainConfig, dist: distributed.Dist) -
     mode = "fundus" if source.task == "retinopathy" else "center"
     prep = None
     if dist.is_main:
-        prep = data.fit_preprocess(source.splits["train"], cfg.image_size, mode, cache_dir=cache_dir)
+        prep = data.fit_preprocess(source.splits["train"], cfg.image_size, mode,
+                                   imagenet_stats=cfg.pretrained is not None, cache_dir=cache_dir)
     return distributed.broadcast_object(prep, dist)
 
 
@@ -317,7 +352,8 @@ def open_datasets(source: data.DataSource, prep: data.Preprocess, cfg: TrainConf
 def finish_epoch(model: torch.nn.Module, valid_loader, eval_tf: torch.nn.Module, rt: engine.Runtime,
                  dist: distributed.Dist, sums: engine.EpochSums, epoch: int, lr: float) -> dict[str, float]:
     """Validate and reduce the epoch's sums over all processes into one history row."""
-    valid = engine.evaluate(getattr(model, "module", model), valid_loader, eval_tf, rt)
+    distributed.average_buffers(model, dist)
+    valid = engine.evaluate(model, valid_loader, eval_tf, rt)
     totals = torch.stack([sums.loss, sums.correct.double(), sums.seen.double(), *(v.double() for v in valid)])
     loss, correct, seen, vloss, vcorrect, vseen = distributed.all_reduce_sum(totals, dist).tolist()
     return {"epoch": epoch + 1, "train_loss": loss / seen, "train_acc": correct / seen,
@@ -333,7 +369,8 @@ def epoch_line(row: dict[str, float], epochs: int, best: bool) -> str:
 def new_run_dir(cfg: TrainConfig, arch: str, dist: distributed.Dist) -> Path:
     """storage/<name>/, created by rank 0; an existing run is never overwritten."""
     name = cfg.name if cfg.name and len(cfg.models) == 1 else (
-        f"{cfg.name}-{display_name(arch)}" if cfg.name else f"{display_name(arch)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        f"{cfg.name}-{display_name(arch)}" if cfg.name else
+        f"{display_name(arch)}{'-pretrained' if cfg.pretrained else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = Path(cfg.out) / name
     if dist.is_main:
         if (run_dir / "last.pt").exists() or (run_dir / "history.csv").exists():

@@ -139,6 +139,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = 512 * block.expansion  # channels of forward_features' output
         self.fc = _make_head(self.num_features, num_classes, head, hidden, dropout)
+        self.backbone_frozen = False
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -199,6 +200,25 @@ class ResNet(nn.Module):
         self.fc = _make_head(self.num_features, num_classes, head, hidden, dropout)
         # The new head must live where the backbone does, or the next forward fails.
         self.fc.to(device=old.device, dtype=old.dtype)
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Train only ``fc`` (True) or the whole network (False).
+
+        A frozen backbone also keeps its BatchNorm running statistics: its modules stay in
+        eval mode whenever the model is put in training mode.
+        """
+        self.backbone_frozen = frozen
+        for p in self.backbone_parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ResNet":
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            for name, child in self.named_children():
+                if name != "fc":
+                    child.eval()
+        return self
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """The classifier's parameters (``fc.*``)."""
