@@ -1,0 +1,35 @@
+"""bench.py end to end at its tiny --quick sizes; speed itself is not asserted (machines differ)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_train_and_memory_sections_write_positive_numbers_to_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny inputs; a second thread only contends on a shared CPU
+    subprocess.run([sys.executable, "bench.py", "--quick", "--device", "cpu", "--sections", "train,memory",
+                    "--json", str(out), "--work-dir", str(tmp_path)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, text=True, timeout=120)
+
+    report = json.loads(out.read_text())
+    machine = report["machine"]
+    expected = {"device", "device_name", "torch", "threads", "date", "load_average_start", "load_average_end"}
+    assert expected <= set(machine)
+    assert machine["threads"] >= 1
+    assert "models" not in report and "eval" not in report
+    (train,) = report["train"]["rows"]
+    assert train["name"] == "resnet18"
+    for key in ("images_per_s", "epoch_s", "lab_epoch_s", "pipeline_s"):
+        assert train[key] > 0, key
+    assert 0 < train["pipeline_fraction"] < 1
+    (memory,) = report["memory"]["rows"]
+    assert memory["peak_rss_mib"] > 0 and memory["cuda_max_allocated_mib"] is None
+    verdicts = {row["target"]: row["verdict"] for row in report["targets"]}
+    assert verdicts["ResNet18 training >= 10,000 img/s (1x H100, 224 px)"] == "not measured (no GPU)"
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the demo set and caches are cleaned up
