@@ -11,3 +11,6 @@ test: install
 
 demo: install
 	bash scripts/demo.sh
+
+bench: install
+	$(PYTHON) bench.py

@@ -68,7 +68,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best.pt", storage: Path 
         for name in (prefer, "best.pt", "last.pt"):
             if (p / name).is_file():
                 return p / name
-        raise CheckpointError(f"{p} holds no best.pt or last.pt; give a checkpoint file or a run folder")
+        raise CheckpointError(f"{p} holds no best.pt or last.pt yet (the run stopped before its first save); "
+                              f"start it again, or give another run folder or checkpoint")
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     return p
@@ -82,8 +83,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(
             f"{path} is not a safe checkpoint: it holds Python objects that would run code when "
             f"loaded ({str(exc).splitlines()[0][:120]}); refusing to load it") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint") from None
+    except Exception as exc:  # weights_only loading runs no code: any failure means a broken file
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({detail})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this suite (it holds a {type(ckpt).__name__})")
     return ckpt

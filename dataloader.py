@@ -295,7 +295,9 @@ def _read_list(csv: Path, labelled: bool, classes: Sequence[str],
 
 
 def _open_lab(root: Path) -> DataSource:
-    bases = [root.parent, root, Path(".")]  # "./new_dataset/train/1.bmp" is written relative to root's parent
+    # "./new_dataset/train/1.bmp" is written relative to root's parent. Never the working
+    # directory: that could silently mix in another data set's file of the same name.
+    bases = [root.parent, root]
     splits = {}
     for name in ("train", "valid"):
         csv = root / f"{name}.csv"
@@ -656,7 +658,7 @@ def _open_csv(root: Path, method: str, valid_fraction: float, seed: int) -> Data
     frame = _read_csv(csv)
     path_col, label_col = _column(frame, csv, ["path", "label"])
     ids = frame[path_col].tolist()
-    paths = [_resolve(w, csv, line, [csv.parent, csv.parent.parent, Path(".")])
+    paths = [_resolve(w, csv, line, [csv.parent, csv.parent.parent])
              for line, w in enumerate(ids, start=2)]
     classes, labels = _class_names(frame[label_col].tolist(), csv)
     splits, note = _split_labelled(paths, labels, ids, str(csv), method, valid_fraction, seed)

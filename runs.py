@@ -77,7 +77,16 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if not found:
             raise UserError(f"{p}: holds no training run (a run folder has history.csv); train one with train.py")
         runs += [r for r in found if r.resolve() not in {x.resolve() for x in runs}]
-    return runs
+    return sorted(runs, key=_depth_then_name)
+
+
+def _depth_then_name(run: Path) -> tuple[int, str]:
+    """ResNet18 before ResNet50 before ResNet152, whatever the folder names."""
+    from models import MODELS  # here: reading run folders should not need the models otherwise
+
+    arch = read_config(run).get("arch", "")
+    order = list(MODELS)
+    return (order.index(arch) if arch in order else len(order), run.name)
 
 
 def link_latest(out: Path, run_dir: Path) -> None:

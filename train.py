@@ -35,7 +35,7 @@ from runs import link_latest, write_history, write_json
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
-RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "amp", "compile")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class TrainConfig:
     out: str = "storage"
     name: str | None = None
     save_every: int = 0
+    save_minutes: float = 10.0
     pretrained: str | None = None
     freeze_epochs: int = 0
     backbone_lr_scale: float = 1.0
@@ -125,7 +126,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run folder name (default <Model>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue a run: its folder, a checkpoint, or 'latest'")
     p.add_argument("--save-every", type=int, default=0, metavar="N",
-                   help="also write last.pt every N steps (default: once per epoch)")
+                   help="also write last.pt every N steps (default: at each epoch's end)")
+    p.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
+                   help="also write last.pt when M minutes passed since the last save (default 10; 0 = off)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -149,7 +152,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data=args.data, layout=args.layout, split=args.split, image_size=args.image_size, head=args.head,
         zero_init_residual=args.zero_init_residual, seed=args.seed, device=args.device, workers=args.workers,
         amp=args.amp, channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
-        cache=args.cache, out=args.out, name=args.name, save_every=args.save_every, pretrained=args.pretrained,
+        cache=args.cache, out=args.out, name=args.name, save_every=args.save_every,
+        save_minutes=args.save_minutes, pretrained=args.pretrained,
         freeze_epochs=args.freeze_epochs, backbone_lr_scale=args.backbone_lr_scale,
         class_weights=args.class_weights, balanced_sampler=args.balanced_sampler)
     checks = [(cfg.epochs >= 1, f"-e/--epochs must be at least 1 (got {cfg.epochs})"),
@@ -161,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
               (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {cfg.warmup_epochs})"),
               (32 <= cfg.image_size <= 1024, f"--image-size must be between 32 and 1024 (got {cfg.image_size})"),
               (cfg.save_every >= 0, f"--save-every must be >= 0 (got {cfg.save_every})"),
+              (cfg.save_minutes >= 0, f"--save-minutes must be >= 0 (got {cfg.save_minutes})"),
               (0 <= cfg.freeze_epochs, f"--freeze-epochs must be >= 0 (got {cfg.freeze_epochs})"),
               (cfg.backbone_lr_scale > 0, f"--backbone-lr-scale must be positive (got {cfg.backbone_lr_scale})")]
     for ok, message in checks:
@@ -277,11 +282,16 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
                 "scaler": scaler.state_dict(), "rng": rng_state(), **{k: state[k] for k in
                 ("epoch", "step", "history", "best_acc", "best_epoch")}, "sums": sums.state_dict() if sums else None}
 
+    last_save = [time.monotonic()]
+
     def after_step(done: int, sums: engine.EpochSums) -> bool:
         stopping = stop.requested(dist, done, device)
-        if dist.is_main and (stopping or (cfg.save_every and done % cfg.save_every == 0 and done < steps)):
+        due = (cfg.save_every and done % cfg.save_every == 0) or (
+            cfg.save_minutes and time.monotonic() - last_save[0] > cfg.save_minutes * 60)
+        if dist.is_main and (stopping or (due and done < steps)):
             state["step"] = done
             save_checkpoint(snapshot(sums), run_dir / "last.pt")
+            last_save[0] = time.monotonic()
         return stopping
 
     try:
@@ -312,6 +322,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
                 if best:
                     save_checkpoint({**snapshot(None), "valid": row}, run_dir / "best.pt")
                 save_checkpoint({**snapshot(None), "valid": row}, run_dir / "last.pt")
+                last_save[0] = time.monotonic()
                 print(epoch_line(row, cfg.epochs, best), flush=True)
     except torch.OutOfMemoryError:
         raise UserError(out_of_memory_message(cfg.batch_size, cfg.image_size)) from None

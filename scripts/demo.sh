@@ -16,8 +16,10 @@ for run in ResNet18 ResNet50 ResNet152; do
     $PY eval.py -m "$OUT/$run" -c
 done
 $PY plot.py -f "$OUT"
+$PY report.py -f "$OUT"
 echo
 echo "Demo finished. Look at:"
 echo "  $OUT/accuracy.png              accuracy per epoch, three architectures"
 echo "  $OUT/confusion_matrices.png    valid confusion matrices side by side"
+echo "  $OUT/report.html               the experiment report (open it in a browser)"
 echo "  $OUT/<model>/eval/             metrics, confusion matrices, Kaggle CSVs (*_submission.csv)"

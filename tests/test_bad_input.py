@@ -67,9 +67,14 @@ def test_unknown_label(capsys, data: Path, tmp_path: Path) -> None:
     train_fails(capsys, data, tmp_path, "train.csv", "7")
 
 
-def test_missing_image(capsys, data: Path, tmp_path: Path) -> None:
+def test_missing_image(capsys, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (data / "train" / "5.bmp").unlink()
-    train_fails(capsys, data, tmp_path, "5.bmp")
+    # The same relative path exists in the working directory: it must not be picked up instead.
+    decoy = tmp_path / "cwd" / "new_dataset" / "train"
+    decoy.mkdir(parents=True)
+    (data / "train" / "6.bmp").rename(decoy / "5.bmp")
+    monkeypatch.chdir(tmp_path / "cwd")
+    train_fails(capsys, data, tmp_path, "train.csv line 7", "5.bmp")
 
 
 def test_truncated_image(capsys, data: Path, tmp_path: Path) -> None:
@@ -118,9 +123,10 @@ def test_eval_of_a_missing_checkpoint(capsys, tmp_path: Path) -> None:
     fails(capsys, eval_script.main, ["-m", str(tmp_path / "none.pt")], "not found")
 
 
-def test_eval_of_a_file_that_is_not_a_checkpoint(capsys, tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [b"definitely not torch", b"junk", b"", b"PK\x03\x04" + bytes(100)])
+def test_eval_of_a_file_that_is_not_a_checkpoint(capsys, tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "weights.pt"
-    path.write_text("definitely not torch")
+    path.write_bytes(content)
     fails(capsys, eval_script.main, ["-m", str(path)], "weights.pt")
 
 
