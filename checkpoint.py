@@ -141,14 +141,57 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+# What train.py writes, with the type each field must have; checked before anything is used.
+MODEL_FIELDS = {"arch": str, "num_classes": int, "model": dict, "preprocess": dict}
+OPTIONAL_FIELDS = {"classes": list, "model_options": dict, "config": dict, "epoch": int}
+TRAINING_FIELDS = {"optimizer": dict, "scaler": dict, "rng": dict, "epoch": int, "step": int, "history": list,
+                   "best_acc": (int, float), "best_epoch": int, "config": dict}
+
+
+def check_fields(ckpt: dict[str, Any], path: Path, training: bool = False) -> None:
+    """CheckpointError naming the first field that is missing or of the wrong type."""
+    missing = [k for k in MODEL_FIELDS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by train.py "
+                              f"(plain weights go to train.py --pretrained)")
+    wanted = {**MODEL_FIELDS, **{k: t for k, t in OPTIONAL_FIELDS.items() if k in ckpt}}
+    if training:
+        absent = [k for k in TRAINING_FIELDS if k not in ckpt]
+        if absent:
+            raise CheckpointError(f"{path} lacks {', '.join(absent)}: it is not a complete training state "
+                                  f"and cannot be resumed")
+        wanted.update(TRAINING_FIELDS)
+    for key, kind in wanted.items():
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            raise CheckpointError(f"{path}: field '{key}' is a {type(ckpt[key]).__name__}, which train.py "
+                                  f"never writes; the file is damaged or crafted")
+    if ckpt["num_classes"] < 1 or len(ckpt.get("classes", [None] * ckpt["num_classes"])) != ckpt["num_classes"]:
+        raise CheckpointError(f"{path}: num_classes {ckpt['num_classes']} does not match its class names")
+
+
+def preprocess_from_checkpoint(ckpt: dict[str, Any], path: Path):
+    """The checkpoint's dataloader.Preprocess; CheckpointError if the stored settings are invalid."""
+    from dataloader import Preprocess
+
+    try:
+        prep = Preprocess.from_dict(ckpt["preprocess"])
+        if not (isinstance(prep.image_size, int) and 8 <= prep.image_size <= 4096 and len(prep.mean) == 3
+                and len(prep.std) == 3 and 0 < float(prep.crop) <= 1 and min(prep.std) > 0):
+            raise ValueError(f"out-of-range values {ckpt['preprocess']}")
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: invalid preprocessing settings ({exc})") from None
+    return prep
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
     """Rebuild the architecture a checkpoint names and load its weights strictly."""
     from models import build_model  # here, so that reading a checkpoint does not need the models
 
-    missing = [k for k in ("arch", "num_classes", "model") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by train.py")
-    model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_options", {}))
+    check_fields(ckpt, path)
+    try:
+        model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_options", {}))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from None
     try:
         model.load_state_dict(state_dict_from(ckpt, path))
     except RuntimeError as exc:

@@ -16,7 +16,8 @@ import torch
 
 import dataloader as data
 import engine
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
+                        resolve_checkpoint)
 from errors import UserError, run_cli
 from gradcam import cam_count, save_cam_grid
 from hardware import make_runtime, pick_device
@@ -54,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = resolve_checkpoint(args.model_path, prefer="best.pt")
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
-    prep = data.Preprocess.from_dict(ckpt["preprocess"])
+    prep = preprocess_from_checkpoint(ckpt, path)
     config = ckpt.get("config", {})
-    classes = tuple(ckpt.get("classes") or (str(i) for i in range(ckpt["num_classes"])))
+    classes = tuple(map(str, ckpt.get("classes") or range(ckpt["num_classes"])))
     source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
                             config.get("split", "patient"), seed=config.get("seed", 0))
     if len(source.classes) != len(classes):

@@ -19,7 +19,7 @@ from matplotlib.ticker import PercentFormatter
 
 from errors import UserError, run_cli
 from metrics import draw_confusion, normalise_rows
-from runs import find_runs, read_config, read_history
+from runs import find_runs, read_config, read_confusion, read_history
 
 ARCH_COLOURS = {"resnet18": "tab:blue", "resnet34": "tab:green", "resnet50": "tab:orange",
                 "resnet101": "tab:purple", "resnet152": "tab:red"}
@@ -80,8 +80,12 @@ def plot_curves(runs: list[Path], metric: str, title: str | None, path: Path) ->
     col = "acc" if metric == "accuracy" else "loss"
     fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
     seen: dict[str, int] = {}
-    for run in runs:
-        h = read_history(run)
+    histories = [(run, read_history(run)) for run in runs]
+    if not any(len(h) for _, h in histories):
+        raise UserError("none of the runs has finished an epoch yet; nothing to plot")
+    for run, h in histories:
+        if not len(h):
+            continue
         arch, name, pretrained = run_label(run)
         repeat = seen[name] = seen.get(name, 0) + 1
         label = name if repeat == 1 else f"{name} ({run.name})"
@@ -110,15 +114,12 @@ def plot_confusions(runs: list[Path], path: Path) -> bool:
     for run in runs:
         csv = run / "eval" / "valid_confusion.csv"
         if csv.is_file():
-            frame = pd.read_csv(csv, index_col=0)
-            found.append((run_label(run)[1], frame))
+            found.append((run_label(run)[1], *read_confusion(csv)))
     if not found:
         return False
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 4.2), layout="constrained", squeeze=False)
-    for ax, (name, frame) in zip(axes[0], found):
-        counts = frame.to_numpy()
+    for ax, (name, counts, classes) in zip(axes[0], found):
         normalised = normalise_rows(counts)
-        classes = [c.removeprefix("pred ") for c in frame.columns]
         accuracy = np.trace(counts) / max(counts.sum(), 1)
         draw_confusion(ax, counts, normalised, classes, f"{name}: valid accuracy {accuracy:.2%}")
     fig.savefig(path, dpi=130)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
 from PIL import Image
 
 import plot
@@ -191,9 +190,6 @@ def draw_figures(runs: list[Path], out: Path) -> dict[str, Path]:
             plot.plot_curves(with_epochs, "accuracy", None, figures["accuracy"])
         if plot.plot_confusions(runs, out / "confusion_matrices.png"):
             figures["confusion"] = out / "confusion_matrices.png"
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read a run's eval/valid_confusion.csv ({exc.__class__.__name__}); "
-                        f"run eval.py on the runs again") from None
     except OSError as exc:
         raise UserError(f"cannot write the figures into {out} ({exc.strerror or exc}); choose another --output") \
             from None

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from errors import UserError
@@ -49,7 +50,12 @@ def read_history(run_dir: Path) -> pd.DataFrame:
     missing = [c for c in HISTORY_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; is this a run folder of train.py?")
-    return df
+    numbers = df[list(HISTORY_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+    bad = numbers.isna().any(axis=1)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise UserError(f"{path} line {row + 2}: a value that is not a number; the file is damaged")
+    return numbers
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -58,9 +64,28 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: holds a JSON {type(config).__name__}, not the settings of a run")
+    return config
+
+
+def read_confusion(path: Path) -> tuple[np.ndarray, list[str]]:
+    """A confusion matrix CSV written by eval.py: (counts, class names); UserError if malformed."""
+    try:
+        frame = pd.read_csv(path, index_col=0)
+        counts = frame.to_numpy()
+        ok = counts.ndim == 2 and counts.shape[0] == counts.shape[1] > 0 and np.issubdtype(counts.dtype, np.integer) \
+            and (counts >= 0).all()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"{path}: not a confusion matrix written by eval.py; run eval.py again to rewrite it")
+    return counts, [str(c).removeprefix("pred ") for c in frame.columns]
 
 
 def is_run(folder: Path) -> bool:

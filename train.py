@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 import dataloader as data
 import distributed
 import engine
-from checkpoint import (CheckpointError, load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint,
-                        set_rng_state)
+from checkpoint import (CheckpointError, check_fields, load_checkpoint, preprocess_from_checkpoint,
+                        resolve_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from errors import UserError, run_cli
 from hardware import make_runtime, out_of_memory_message, pick_device
 from models import MODELS, build_model, canonical_name, display_name
@@ -156,6 +156,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         save_minutes=args.save_minutes, pretrained=args.pretrained,
         freeze_epochs=args.freeze_epochs, backbone_lr_scale=args.backbone_lr_scale,
         class_weights=args.class_weights, balanced_sampler=args.balanced_sampler)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """UserError naming the first setting out of its range."""
     checks = [(cfg.epochs >= 1, f"-e/--epochs must be at least 1 (got {cfg.epochs})"),
               (cfg.batch_size >= 1, f"-b/--batch_size must be at least 1 (got {cfg.batch_size})"),
               (cfg.learning_rate > 0, f"-r/--learning_rate must be positive (got {cfg.learning_rate})"),
@@ -171,7 +177,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,10 +196,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"
                   + (f"; {source.note}" if source.note else ""))
         for arch in cfg.models:
-            fit(arch, cfg, source, device, dist, ckpt, resume.parent if resume else None)
+            fit(arch, cfg, source, device, dist, ckpt, run_folder(resume) if resume else None)
     finally:
         distributed.shutdown(dist)
     return 0
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """The run a checkpoint belongs to, by its real name (storage/latest is only a link)."""
+    real = checkpoint.resolve().parent
+    try:
+        return real.relative_to(Path.cwd())
+    except ValueError:
+        return real
 
 
 def resumed_config(ckpt: dict[str, Any], args: argparse.Namespace, path: Path) -> TrainConfig:
@@ -203,14 +217,24 @@ def resumed_config(ckpt: dict[str, Any], args: argparse.Namespace, path: Path) -
         raise CheckpointError(f"{path} holds weights only, not a training state; it cannot be resumed")
     defaults = get_args_parser().parse_args([])
     if args.model != defaults.model and args.model[:1] != [ckpt["arch"]]:
-        raise CheckpointError(f"{path} is a {display_name(ckpt['arch'])} checkpoint but "
+        got = display_name(ckpt["arch"]) if str(ckpt["arch"]) in MODELS else repr(ckpt["arch"])
+        raise CheckpointError(f"{path} is a {got} checkpoint but "
                               f"{display_name(args.model[0])} was asked for (-m); drop -m to resume it")
+    check_fields(ckpt, path, training=True)
     saved = {f.name: ckpt["config"][f.name] for f in fields(TrainConfig) if f.name in ckpt["config"]}
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    for f in fields(TrainConfig):  # a damaged config must fail here, not deep inside training
+        value, default = getattr(cfg, f.name), f.default
+        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (tuple,)}.get(
+            type(default), (bool, str, type(None)))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise CheckpointError(f"{path}: setting '{f.name}' = {value!r} is invalid; the file is damaged")
     given = config_from_args(args)
     changes = {k: getattr(given, k) for k in RESUME_OVERRIDES
                if getattr(args, k, None) not in (None, getattr(defaults, k, None))}
-    return replace(cfg, models=(ckpt["arch"],), **changes)
+    cfg = replace(cfg, models=(ckpt["arch"],), **changes)
+    check_config(cfg)
+    return cfg
 
 
 def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.device, dist: distributed.Dist,
@@ -219,7 +243,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
     torch.manual_seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed)
     rt = make_runtime(device, cfg.amp, cfg.channels_last)
-    prep = (data.Preprocess.from_dict(ckpt["preprocess"]) if ckpt else
+    prep = (preprocess_from_checkpoint(ckpt, run_dir / "last.pt") if ckpt else
             prepare(source, cfg, dist))
     train_set, valid_set = open_datasets(source, prep, cfg, dist)
     if cfg.batch_size * dist.world_size > len(train_set):
@@ -259,11 +283,17 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
 
     state = {"epoch": 0, "step": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "sums": None}
     if ckpt:
-        raw.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state.update({k: ckpt[k] for k in ("epoch", "step", "history", "best_acc", "best_epoch", "sums")})
-        set_rng_state(ckpt["rng"])
+        try:
+            raw.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            state.update({k: ckpt[k] for k in ("epoch", "step", "history", "best_acc", "best_epoch", "sums")})
+            if state["sums"] is not None:
+                engine.EpochSums.from_state(state["sums"], device)
+            set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"{run_dir}: its training state cannot be restored "
+                                  f"({str(exc).splitlines()[0][:160]}); the file is damaged") from None
     else:
         run_dir = new_run_dir(cfg, arch, dist)
     common = {"arch": arch, "model_options": {"head": cfg.head}, "num_classes": len(source.classes),

@@ -103,3 +103,11 @@ def test_wrong_flags_give_argparse_errors(flags: list[str]) -> None:
     result = subprocess.run([sys.executable, "train.py", *flags], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mixed_precision_and_channels_last_train_and_evaluate(lab_data: Path, tmp_path: Path) -> None:
+    # The CUDA defaults (AMP, channels_last) exercised on the CPU, where autocast means bfloat16.
+    train(lab_data, tmp_path, "--amp", "--channels-last", "-e", "1", "--name", "amp")
+    history = pd.read_csv(tmp_path / "amp" / "history.csv")
+    assert history[["train_loss", "valid_loss"]].notna().all().all()
+    assert eval_script.main(["-m", str(tmp_path / "amp"), "--data", str(lab_data), "-c", "--split", "valid"]) == 0

@@ -129,3 +129,14 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(path)
+
+
+def test_resume_latest_continues_the_newest_run(data: Path, tmp_path: Path) -> None:
+    import train as train_script
+
+    out = tmp_path / "storage"
+    assert train_script.main(["--data", str(data), "--out", str(out), *ARGS, "-e", "1", "--name", "a"]) == 0
+    assert train_script.main(["--resume", "latest", "--out", str(out), "-e", "2"]) == 0
+    assert len(pd.read_csv(out / "a" / "history.csv")) == 2
+    assert (out / "latest").resolve() == (out / "a").resolve()
+    assert not (out / "latest" / "history.csv").is_symlink()
