@@ -19,7 +19,7 @@ from matplotlib.ticker import PercentFormatter
 
 from errors import UserError, run_cli
 from metrics import draw_confusion, normalise_rows
-from runs import find_runs, read_config, read_confusion, read_history
+from runs import find_runs, output_folder, read_config, read_confusion, read_history
 
 ARCH_COLOURS = {"resnet18": "tab:blue", "resnet34": "tab:green", "resnet50": "tab:orange",
                 "resnet101": "tab:purple", "resnet152": "tab:red"}
@@ -40,9 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     runs = find_runs([Path(f) for f in args.folder])
-    out = Path(args.output) if args.output else Path(args.folder[0]) if Path(args.folder[0]) not in runs \
-        else runs[0].parent
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.output, args.folder, runs)
     table = summary(runs)
     print(table.to_string(index=False, formatters={"best valid": "{:.2%}".format, "last train": "{:.2%}".format}))
     curves = out / f"{args.metric}.{args.format}"

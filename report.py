@@ -25,7 +25,7 @@ from PIL import Image
 
 import plot
 from errors import UserError, run_cli
-from runs import find_runs, read_config, read_history, write_text_atomic
+from runs import find_runs, output_folder, read_config, read_history, write_text_atomic
 
 # config.json key -> train.py flag, in the order a person would write them
 TRAIN_FLAGS = (("epochs", "-e"), ("batch_size", "-b"), ("optimizer", "-o"), ("learning_rate", "-r"),
@@ -93,13 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     runs = find_runs([Path(f) for f in args.folder])
-    out = Path(args.output) if args.output else Path(args.folder[0]) if Path(args.folder[0]) not in runs \
-        else runs[0].parent
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the output folder {out} ({exc.strerror or exc}); choose another --output") \
-            from None
+    out = output_folder(args.output, args.folder, runs)
     reports = [describe_run(run) for run in runs]
     figures = draw_figures(runs, out)
     title = args.title or f"Training report - {', '.join(args.folder)}"

@@ -114,6 +114,18 @@ def _depth_then_name(run: Path) -> tuple[int, str]:
     return (order.index(arch) if arch in order else len(order), run.name)
 
 
+def output_folder(output: str | None, folders: list[str], runs: list[Path]) -> Path:
+    """--output, else the folder of runs that was given (or the parent of a run given directly); created."""
+    first = Path(folders[0])
+    out = Path(output) if output else first if first not in runs else runs[0].parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder {out} ({exc.strerror or exc}); choose another --output") \
+            from None
+    return out
+
+
 def link_latest(out: Path, run_dir: Path) -> None:
     """Point ``out/latest`` at the newest run (a relative symlink, replaced atomically)."""
     link = out / "latest"
