@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -144,3 +145,27 @@ def test_script_exits_2_from_the_shell(tmp_path: Path) -> None:
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_out_of_memory_suggests_smaller_batch_amp_or_size(capsys, data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine, "train_step", out_of_memory)
+    line = train_fails(capsys, data, tmp_path, "out of memory", "-b (e.g. 2)", "--amp", "--image-size")
+    assert "batch size 4" in line
+
+
+def test_checkpoint_for_another_class_count_names_both(capsys, data: Path, tmp_path: Path) -> None:
+    from models import build_model
+
+    path = tmp_path / "five.pt"
+    torch.save({"arch": "resnet18", "num_classes": 5, "model": build_model("resnet18", 5).state_dict(),
+                "classes": ["0", "1", "2", "3", "4"], "config": {},
+                "preprocess": {"image_size": 32, "crop": 1.0, "mode": "center", "mean": [0.5] * 3, "std": [0.2] * 3}},
+               path)
+    line = fails(capsys, eval_script.main, ["-m", str(path), "--data", str(data)], "5 classes", "has 2")
+    assert "five.pt" in line
