@@ -246,31 +246,9 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
     prep = (preprocess_from_checkpoint(ckpt, run_dir / "last.pt") if ckpt else
             prepare(source, cfg, dist))
     train_set, valid_set = open_datasets(source, prep, cfg, dist)
-    if cfg.batch_size * dist.world_size > len(train_set):
-        raise UserError(f"-b {cfg.batch_size} is larger than the training set ({len(train_set)} images"
-                        + (f" over {dist.world_size} processes" if dist.enabled else "")
-                        + f"); use -b {max(1, len(train_set) // dist.world_size)} or less")
-    workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
-    pin = device.type == "cuda"
-    train_loader = data.make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=workers,
-                                    pin_memory=pin, drop_last=True, rank=dist.rank, world_size=dist.world_size,
-                                    balanced=cfg.balanced_sampler)
-    valid_loader = data.make_loader(valid_set, cfg.batch_size * 2, shuffle=False, workers=workers,
-                                    pin_memory=pin, rank=dist.rank, world_size=dist.world_size)
+    train_loader, valid_loader = make_loaders(train_set, valid_set, cfg, device, dist)
     train_tf, eval_tf = data.BatchTransform(prep, train=True).to(device), data.BatchTransform(prep, train=False).to(device)
-
-    raw = build_model(arch, len(source.classes), head=cfg.head, zero_init_residual=cfg.zero_init_residual)
-    if cfg.pretrained and not ckpt and dist.is_main:  # DDP then copies rank 0's weights to the others
-        print(f"{display_name(arch)}: {load_pretrained(raw, cfg.pretrained, arch)}")
-    if cfg.sync_bn and dist.enabled:
-        raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
-    raw = raw.to(device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
-    # Frozen backbone weights get no gradients; DDP must be told to expect that.
-    model: torch.nn.Module = DistributedDataParallel(
-        raw, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=cfg.freeze_epochs > 0) if dist.enabled else raw
-    if cfg.compile:
-        model = torch.compile(model)
+    raw, model = make_model(arch, len(source.classes), cfg, rt, dist, load_weights=ckpt is None)
     optimizer = engine.make_optimizer(raw, cfg.optimizer, cfg.learning_rate, cfg.momentum, cfg.weight_decay, device,
                                       backbone_lr_scale=cfg.backbone_lr_scale)
     scaler = torch.amp.GradScaler(device.type, enabled=rt.amp_dtype == torch.float16)
@@ -283,17 +261,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
 
     state = {"epoch": 0, "step": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "sums": None}
     if ckpt:
-        try:
-            raw.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            state.update({k: ckpt[k] for k in ("epoch", "step", "history", "best_acc", "best_epoch", "sums")})
-            if state["sums"] is not None:
-                engine.EpochSums.from_state(state["sums"], device)
-            set_rng_state(ckpt["rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            raise CheckpointError(f"{run_dir}: its training state cannot be restored "
-                                  f"({str(exc).splitlines()[0][:160]}); the file is damaged") from None
+        state.update(restore(ckpt, run_dir, raw, optimizer, scaler, device))
     else:
         run_dir = new_run_dir(cfg, arch, dist)
     common = {"arch": arch, "model_options": {"head": cfg.head}, "num_classes": len(source.classes),
@@ -366,6 +334,57 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
         print(f"{display_name(arch)}: best valid accuracy {state['best_acc']:.2%} at epoch {state['best_epoch']}; "
               f"weights {run_dir / 'best.pt'}\n  evaluate: python eval.py -m {run_dir}")
     return run_dir
+
+
+def make_loaders(train_set: data.ImageDataset, valid_set: data.ImageDataset, cfg: TrainConfig,
+                 device: torch.device, dist: distributed.Dist) -> tuple[data.BatchLoader, data.BatchLoader]:
+    """This process's shard of the training and validation batches."""
+    if cfg.batch_size * dist.world_size > len(train_set):
+        raise UserError(f"-b {cfg.batch_size} is larger than the training set ({len(train_set)} images"
+                        + (f" over {dist.world_size} processes" if dist.enabled else "")
+                        + f"); use -b {max(1, len(train_set) // dist.world_size)} or less")
+    workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
+    pin = device.type == "cuda"
+    train_loader = data.make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=workers,
+                                    pin_memory=pin, drop_last=True, rank=dist.rank, world_size=dist.world_size,
+                                    balanced=cfg.balanced_sampler)
+    valid_loader = data.make_loader(valid_set, cfg.batch_size * 2, shuffle=False, workers=workers,
+                                    pin_memory=pin, rank=dist.rank, world_size=dist.world_size)
+    return train_loader, valid_loader
+
+
+def make_model(arch: str, num_classes: int, cfg: TrainConfig, rt: engine.Runtime, dist: distributed.Dist,
+               load_weights: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the plain model, whose state_dict is saved; the model to train: DDP-wrapped and/or compiled)."""
+    raw = build_model(arch, num_classes, head=cfg.head, zero_init_residual=cfg.zero_init_residual)
+    if cfg.pretrained and load_weights and dist.is_main:  # DDP then copies rank 0's weights to the others
+        print(f"{display_name(arch)}: {load_pretrained(raw, cfg.pretrained, arch)}")
+    if cfg.sync_bn and dist.enabled:
+        raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    raw = raw.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+    # Frozen backbone weights get no gradients; DDP must be told to expect that.
+    model: torch.nn.Module = DistributedDataParallel(
+        raw, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+        find_unused_parameters=cfg.freeze_epochs > 0) if dist.enabled else raw
+    if cfg.compile:
+        model = torch.compile(model)
+    return raw, model
+
+
+def restore(ckpt: dict[str, Any], run_dir: Path, raw: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, device: torch.device) -> dict[str, Any]:
+    """Load a training state into model, optimizer, scaler and the RNGs; returns the loop's counters."""
+    try:
+        raw.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["sums"] is not None:
+            engine.EpochSums.from_state(ckpt["sums"], device)  # fail now, not mid-epoch
+        set_rng_state(ckpt["rng"])
+        return {k: ckpt[k] for k in ("epoch", "step", "history", "best_acc", "best_epoch", "sums")}
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"{run_dir}: its training state cannot be restored "
+                              f"({str(exc).splitlines()[0][:160]}); the file is damaged") from None
 
 
 def prepare(source: data.DataSource, cfg: TrainConfig, dist: distributed.Dist) -> data.Preprocess:
