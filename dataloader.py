@@ -253,11 +253,19 @@ def _column(frame: pd.DataFrame, csv: Path, wanted: Sequence[str]) -> list[str]:
 
 def _resolve(written: str, csv: Path, line: int, bases: Sequence[Path]) -> Path:
     """Find the file a CSV row names: absolute as is, else relative to each base in turn."""
-    candidate = Path(written.strip())
-    if not written.strip():
+    text = written.strip()
+    if not text:
         raise DataError(f"{csv} line {line}: empty image path")
+    candidate = Path(text.replace("\\", "/") if "\\" in text and not Path(text).exists() else text)
     tries = [candidate] if candidate.is_absolute() else [base / candidate for base in bases]
     for path in tries:
+        if path.is_file():
+            return path
+    # The data folder was renamed or moved ("./new_dataset/train/1.bmp" under --data lab3/): try
+    # ever shorter tails of the written path, only inside the CSV's own folder, never elsewhere.
+    parts = [p for p in candidate.parts if p not in (".", "/")]
+    for k in range(1, len(parts)):
+        path = csv.parent.joinpath(*parts[k:])
         if path.is_file():
             return path
     looked = ", ".join(str(p) for p in tries)

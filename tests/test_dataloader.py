@@ -548,3 +548,21 @@ def test_batch_transform_train_keeps_black_corners_black() -> None:
     out = BatchTransform(identity_stats, train=True)(white_discs(64))
     corners = out[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
     assert corners.max() < 0.1 and out.min() >= 0 and out.max() <= 1
+
+
+def test_lab_paths_resolve_after_the_data_folder_is_renamed(tmp_path: Path) -> None:
+    from conftest import write_lab_dataset
+
+    renamed = write_lab_dataset(tmp_path, n_train=6, n_valid=3, n_test=2, size=32).rename(tmp_path / "lab3-data")
+    source = open_data(renamed)
+    assert source.splits["train"].paths[0] == renamed / "train" / "0.bmp"
+    assert source.splits["train"].ids[0] == "./new_dataset/train/0.bmp"  # the Kaggle ID stays as written
+
+
+def test_windows_style_paths_in_a_csv_resolve(tmp_path: Path) -> None:
+    from conftest import write_lab_dataset
+
+    data = write_lab_dataset(tmp_path, n_train=6, n_valid=3, n_test=2, size=32)
+    csv = data / "train.csv"
+    csv.write_text(csv.read_text().replace("./new_dataset/train/", ".\\\\new_dataset\\\\train\\\\"))
+    assert open_data(data).splits["train"].paths[1] == data / "train" / "1.bmp"
