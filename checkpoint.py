@@ -106,16 +106,6 @@ def state_dict_from(ckpt: dict[str, Any], path: Path) -> dict[str, torch.Tensor]
     return weights
 
 
-def check_compatible(ckpt: dict[str, Any], path: Path, arch: str, num_classes: int) -> None:
-    """CheckpointError naming both sides when a checkpoint is of another architecture or class count."""
-    got_arch, got_classes = ckpt.get("arch"), ckpt.get("num_classes")
-    if got_arch is not None and got_arch != arch:
-        raise CheckpointError(f"{path} is a {got_arch} checkpoint but {arch} was asked for")
-    if got_classes is not None and got_classes != num_classes:
-        raise CheckpointError(
-            f"{path} was trained for {got_classes} classes but the data has {num_classes}")
-
-
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch and CUDA generator states as weights_only-loadable values."""
     np_state = np.random.get_state(legacy=False)

@@ -256,7 +256,7 @@ def _resolve(written: str, csv: Path, line: int, bases: Sequence[Path]) -> Path:
     text = written.strip()
     if not text:
         raise DataError(f"{csv} line {line}: empty image path")
-    candidate = Path(text.replace("\\", "/") if "\\" in text and not Path(text).exists() else text)
+    candidate = Path(text.replace("\\", "/"))  # CSVs written on Windows; "/" works everywhere
     tries = [candidate] if candidate.is_absolute() else [base / candidate for base in bases]
     for path in tries:
         if path.is_file():

@@ -1,7 +1,6 @@
 """Crash safety: SIGKILL mid-epoch and resume, SIGTERM, NaN loss, unsafe checkpoints."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
