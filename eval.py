@@ -15,15 +15,15 @@ import pandas as pd
 import torch
 
 import dataloader as data
-import engine
-from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
+from core import engine
+from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
                         resolve_checkpoint)
-from errors import UserError, run_cli
-from gradcam import cam_count, save_cam_grid
-from hardware import make_runtime, pick_device
-from metrics import classification_metrics, confusion, format_metrics, save_confusion_png
+from core.errors import UserError, run_cli
+from core.gradcam import cam_count, save_cam_grid
+from core.hardware import make_runtime, pick_device
+from core.metrics import classification_metrics, confusion, format_metrics, save_confusion_png
 from models import display_name
-from runs import write_json, write_text_atomic
+from core.runs import write_json, write_text_atomic
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import eval as eval_script
 import plot as plot_script
 import train as train_script
 from conftest import ROOT, write_lab_dataset
-from errors import run_cli
+from core.errors import run_cli
 
 FAST = ["--image-size", "32", "-b", "4", "-e", "1", "--workers", "0"]
 
@@ -149,7 +149,7 @@ def test_script_exits_2_from_the_shell(tmp_path: Path) -> None:
 
 def test_out_of_memory_suggests_smaller_batch_amp_or_size(capsys, data: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine
+    from core import engine
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

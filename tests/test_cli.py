@@ -14,7 +14,7 @@ from PIL import Image
 import eval as eval_script
 import plot as plot_script
 import train as train_script
-from checkpoint import load_checkpoint, model_from_checkpoint
+from core.checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import ROOT
 
 TINY = ["--image-size", "32", "-b", "8", "-e", "2", "--seed", "1", "--workers", "0"]

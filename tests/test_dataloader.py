@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dataloader  # noqa: E402
+import data.cache  # noqa: E402
+import data.preprocess  # noqa: E402
 from dataloader import (  # noqa: E402
     UNLABELLED, BatchTransform, DataError, ImageDataset, LeukemiaLoader, Preprocess, fit_preprocess,
     load_image, make_loader, open_data,
@@ -310,7 +311,7 @@ def test_other_image_modes_become_three_channel_rgb(tmp_path: Path, mode: str) -
 def test_fit_preprocess_crop_keeps_an_off_centre_cell_whole(tmp_path: Path) -> None:
     paths = [draw_cell(tmp_path / f"{i}.bmp", radius=6, side=64) for i in range(5)]
     paths.append(draw_cell(tmp_path / "edge.bmp", centre=(49, 32), radius=6, side=64))  # reaches x = 55 of 64
-    split = dataloader.Split("train", tuple(paths), (0,) * 6, tuple(map(str, paths)), "test")
+    split = data.Split("train", tuple(paths), (0,) * 6, tuple(map(str, paths)), "test")
     prep = fit_preprocess(split, image_size=32, imagenet_stats=True)
     assert 0.75 < prep.crop < 1.0
     pixels = load_image(tmp_path / "edge.bmp", prep)
@@ -330,14 +331,14 @@ def test_fit_preprocess_is_stored_in_the_cache_and_reused(lab: Path, tmp_path: P
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     train = open_data(lab).split("train")
     first = fit_preprocess(train, image_size=24, cache_dir=tmp_path / "cache")
-    monkeypatch.setattr(dataloader, "load_image", None)  # any decoding would now fail
-    monkeypatch.setattr(dataloader, "_open_rgb", None)
+    monkeypatch.setattr(data.cache, "load_image", None)  # any decoding would now fail
+    monkeypatch.setattr(data.preprocess, "open_rgb", None)
     assert fit_preprocess(train, image_size=24, cache_dir=tmp_path / "cache") == first
 
 
 def test_imagenet_stats_keeps_the_imagenet_mean_and_std(lab: Path) -> None:
     prep = fit_preprocess(open_data(lab).split("train"), image_size=24, imagenet_stats=True)
-    assert (prep.mean, prep.std) == (dataloader.IMAGENET_MEAN, dataloader.IMAGENET_STD)
+    assert (prep.mean, prep.std) == (data.IMAGENET_MEAN, data.IMAGENET_STD)
 
 
 def test_fundus_mode_crops_to_the_disk_and_pads_to_a_square(tmp_path: Path) -> None:
@@ -368,7 +369,7 @@ def test_cache_and_no_cache_give_identical_tensors(lab: Path, prep: Preprocess, 
 
 def test_parallel_cache_build_matches_decoding_in_process(lab: Path, prep: Preprocess, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dataloader, "_CHUNK", 2)  # 3 tasks for 2 worker processes
+    monkeypatch.setattr(data.cache, "_CHUNK", 2)  # 3 tasks for 2 worker processes
     train = open_data(lab).split("train")
     parallel = ImageDataset(train, prep, tmp_path / "cache", build_workers=2)
     assert np.array_equal(parallel.pixels, np.stack([load_image(p, prep) for p in train.paths]))
@@ -392,7 +393,7 @@ def test_cache_is_reused_without_decoding(lab: Path, prep: Preprocess, tmp_path:
     train = open_data(lab).split("train")
     first = ImageDataset(train, prep, tmp_path / "cache")
     mtime = first.cache_path.stat().st_mtime_ns
-    monkeypatch.setattr(dataloader, "load_image", None)  # any decoding would now fail
+    monkeypatch.setattr(data.cache, "load_image", None)  # any decoding would now fail
     second = ImageDataset(train, prep, tmp_path / "cache")
     assert second.cache_path == first.cache_path and second.cache_path.stat().st_mtime_ns == mtime
     assert torch.equal(second[2][0], first[2][0])
@@ -447,7 +448,7 @@ def index_dataset(n: int) -> ImageDataset:
     return Indices()
 
 
-def order(loader: dataloader.BatchLoader) -> list[int]:
+def order(loader: data.BatchLoader) -> list[int]:
     return [i for _, labels in loader for i in labels.tolist()]
 
 
@@ -502,7 +503,7 @@ def white_discs(n: int, side: int = 32) -> torch.Tensor:
 def test_sampling_grid_equals_affine_grid() -> None:
     theta = torch.randn(3, 2, 3)
     expected = torch.nn.functional.affine_grid(theta, [3, 3, 5, 7], align_corners=False)
-    torch.testing.assert_close(dataloader.sampling_grid(theta, 5, 7), expected)
+    torch.testing.assert_close(data.sampling_grid(theta, 5, 7), expected)
 
 
 def test_batch_transform_leaves_its_input_unchanged() -> None:

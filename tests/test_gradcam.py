@@ -11,10 +11,10 @@ from PIL import Image
 from torch import nn
 
 import dataloader as data
-import engine
+from core import engine
 import eval as eval_script
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from gradcam import grad_cam, heat_maps, select_tiles
+from core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from core.gradcam import grad_cam, heat_maps, select_tiles
 from models import build_model
 
 SIZE = 64  # layer4 is then 2 x 2, the smallest map with a place to point at
@@ -30,10 +30,10 @@ def run(lab_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     rt = engine.Runtime(torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    learner = engine.Learner(model, nn.CrossEntropyLoss(), optimizer, scaler, data.BatchTransform(prep, train=True), rt)
     model.train()
     for images, labels in data.make_loader(data.ImageDataset(source.splits["train"], prep), 8, shuffle=True):
-        engine.train_step(model, images, labels, data.BatchTransform(prep, train=True), nn.CrossEntropyLoss(),
-                          optimizer, scaler, rt)
+        engine.train_step(learner, images, labels)
     folder = tmp_path_factory.mktemp("storage") / "r18"
     save_checkpoint({"arch": "resnet18", "num_classes": len(source.classes), "classes": list(source.classes),
                      "model": model.state_dict(), "preprocess": prep.to_dict(), "epoch": 1,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from conftest import ROOT, write_lab_dataset
 
 ARGS = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "2", "--seed", "3", "--workers", "0"]

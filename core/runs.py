@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from errors import UserError
+from core.errors import UserError
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
 
@@ -107,7 +107,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 def _depth_then_name(run: Path) -> tuple[int, str]:
     """ResNet18 before ResNet50 before ResNet152, whatever the folder names."""
-    from models import MODELS  # here: reading run folders should not need the models otherwise
+    from models import (
+        MODELS,  # here: reading run folders should not need the models otherwise
+    )
 
     arch = read_config(run).get("arch", "")
     order = list(MODELS)

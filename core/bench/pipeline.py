@@ -31,8 +31,8 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dataloader as data  # noqa: E402
-from errors import UserError, run_cli  # noqa: E402
+import data  # noqa: E402
+from core.errors import UserError, run_cli  # noqa: E402
 
 SOURCE_SIDE = 450  # the C-NMC image size
 SEEDS_CROP = 350  # the seeds' CenterCrop

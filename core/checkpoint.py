@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from errors import UserError
-from runs import default_mode
+from core.errors import UserError
+from core.runs import default_mode
 
 FORMAT = "resnet-suite/1"
 
@@ -161,7 +161,7 @@ def check_fields(ckpt: dict[str, Any], path: Path, training: bool = False) -> No
 
 def preprocess_from_checkpoint(ckpt: dict[str, Any], path: Path):
     """The checkpoint's dataloader.Preprocess; CheckpointError if the stored settings are invalid."""
-    from dataloader import Preprocess
+    from data import Preprocess
 
     try:
         prep = Preprocess.from_dict(ckpt["preprocess"])
@@ -175,7 +175,9 @@ def preprocess_from_checkpoint(ckpt: dict[str, Any], path: Path):
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
     """Rebuild the architecture a checkpoint names and load its weights strictly."""
-    from models import build_model  # here, so that reading a checkpoint does not need the models
+    from models import (
+        build_model,  # here, so that reading a checkpoint does not need the models
+    )
 
     check_fields(ckpt, path)
     try:

@@ -55,6 +55,15 @@ class EpochSums:
     seen: torch.Tensor
     bad_step: torch.Tensor  # first step with a non-finite loss, -1 if none
     seconds: float = 0.0
+    step: int = 0  # steps done in this epoch
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, seen: int, step: int) -> None:
+        """Count one step's summed loss and number correct (no host sync)."""
+        self.loss += loss
+        self.correct += correct
+        self.seen += seen
+        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss), step, self.bad_step)
+        self.step = step + 1
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochSums":
@@ -66,47 +75,57 @@ class EpochSums:
                 "bad_step": self.bad_step.cpu(), "seconds": self.seconds}
 
     @classmethod
-    def from_state(cls, state: dict, device: torch.device) -> "EpochSums":
-        return cls(*(state[k].to(device) for k in ("loss", "correct", "seen", "bad_step")), seconds=state["seconds"])
+    def from_state(cls, state: dict, device: torch.device, step: int) -> "EpochSums":
+        """The sums saved by ``state_dict`` after ``step`` steps of the epoch."""
+        return cls(*(state[k].to(device) for k in ("loss", "correct", "seen", "bad_step")), seconds=state["seconds"],
+                   step=step)
 
 
-def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: torch.nn.Module,
-               loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Learner:
+    """What a training step needs: the model to train and how it learns."""
+
+    model: torch.nn.Module  # possibly DDP-wrapped and/or compiled
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    transform: torch.nn.Module  # uint8 batch -> augmented, normalised float batch on the device
+    rt: Runtime
+    show_progress: bool = True  # the progress bar (only the main process shows one)
+
+
+def train_step(learner: Learner, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns the batch's summed loss and number correct (device tensors)."""
-    x, y = rt.inputs(images, transform), labels.to(rt.device, non_blocking=True)
+    rt = learner.rt
+    x, y = rt.inputs(images, learner.transform), labels.to(rt.device, non_blocking=True)
     with rt.autocast():
-        logits = model(x)
-        loss = loss_fn(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+        logits = learner.model(x)
+        loss = learner.loss_fn(logits, y)
+    learner.optimizer.zero_grad(set_to_none=True)
+    learner.scaler.scale(loss).backward()
+    learner.scaler.step(learner.optimizer)
+    learner.scaler.update()
     return loss.detach().double() * y.numel(), (logits.detach().argmax(1) == y).sum()
 
 
-def train_one_epoch(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, loss_fn: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime,
-                    lr_at: Callable[[int], float], epoch: int, start_step: int, sums: EpochSums,
-                    after_step: Callable[[int, EpochSums], bool], show: bool = True) -> bool:
-    """Train for the rest of one epoch from ``start_step``; False if ``after_step`` asked to stop early.
+def train_one_epoch(learner: Learner, loader: Iterable, epoch: int, sums: EpochSums,
+                    lr_at: Callable[[int], float], after_step: Callable[[int, EpochSums], bool]) -> bool:
+    """Train for the rest of epoch ``epoch`` (1-based) from step ``sums.step``; False if stopped early.
 
-    ``lr_at(step_in_epoch)`` gives the learning rate; ``after_step(steps_done, sums)`` runs after
-    every step (checkpoints, signals) and returns True to stop.
+    ``loader`` has ``len(loader)`` batches an epoch and yields those from ``sums.step`` on. ``lr_at(step_in_epoch)`` gives the learning rate;
+    ``after_step(steps_done, sums)`` runs after every step (checkpoints, signals) and returns
+    True to stop.
     """
-    model.train()
-    steps = len(loader)
+    learner.model.train()
+    steps, start = len(loader), sums.step
     t0 = time.perf_counter() - sums.seconds
-    with tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}", unit="batch", leave=False,
-              disable=not show, dynamic_ncols=True) as bar:
-        for step, (images, labels) in enumerate(loader, start=start_step):
-            for group in optimizer.param_groups:
+    with tqdm(total=steps, initial=start, desc=f"epoch {epoch}", unit="batch", leave=False,
+              disable=not learner.show_progress, dynamic_ncols=True) as bar:
+        for step, (images, labels) in enumerate(loader, start=start):
+            for group in learner.optimizer.param_groups:
                 group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
-            loss, correct = train_step(model, images, labels, transform, loss_fn, optimizer, scaler, rt)
-            sums.loss += loss
-            sums.correct += correct
-            sums.seen += labels.numel()
-            sums.bad_step = torch.where((sums.bad_step < 0) & ~torch.isfinite(loss), step, sums.bad_step)
+            loss, correct = train_step(learner, images, labels)
+            sums.add(loss, correct, labels.numel(), step)
             bar.update()
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
                 check_finite(sums, epoch)

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-import dataloader as data
+import data
 import demo_data
-import engine
-from benchmarks.pipeline import memory_mib
+from core import engine
+from core.bench.pipeline import memory_mib
 from models import build_model
 
 LAB_TRAIN_IMAGES = 7_995  # C-NMC training images: one lab epoch
@@ -150,28 +150,24 @@ class MemoryWatch:
 class Trainer:
     """One model with its optimizer, loss and data, built as train.fit builds them."""
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    loss_fn: torch.nn.Module
+    learner: engine.Learner
     loader: data.BatchLoader
-    transform: torch.nn.Module
-    rt: engine.Runtime
     schedule: Callable[[int], float]
 
     def epoch(self, epoch: int, memory: MemoryWatch, clock: Stopwatch | None = None) -> float:
         """Seconds for one training epoch; with ``clock`` the loader and transform are timed into it."""
         loader: Iterable = self.loader if clock is None else TimedLoader(self.loader, clock)
-        transform = self.transform if clock is None else TimedTransform(self.transform, clock)
+        learner = self.learner if clock is None else replace(
+            self.learner, transform=TimedTransform(self.learner.transform, clock))
         steps = len(self.loader)
         self.loader.set_epoch(epoch)
-        sums = engine.EpochSums.zeros(self.rt.device)
-        synchronize(self.rt.device)
+        device = learner.rt.device
+        sums = engine.EpochSums.zeros(device)
+        synchronize(device)
         start = time.perf_counter()
-        engine.train_one_epoch(self.model, loader, transform, self.loss_fn, self.optimizer, self.scaler, self.rt,
-                               lambda s: self.schedule(epoch * steps + s), epoch + 1, 0, sums, memory.after_step,
-                               show=False)
-        synchronize(self.rt.device)
+        engine.train_one_epoch(learner, loader, epoch + 1, sums, lambda s: self.schedule(epoch * steps + s),
+                               memory.after_step)
+        synchronize(device)
         return time.perf_counter() - start
 
 
@@ -192,10 +188,10 @@ def make_trainer(arch: str, bench: BenchData, rt: engine.Runtime, batch_size: in
                               pin_memory=cuda, drop_last=True)
     optimizer = engine.make_optimizer(raw, "adamw", LEARNING_RATE, 0.9, WEIGHT_DECAY, rt.device)
     steps = len(loader)
-    return Trainer(model=model, optimizer=optimizer,
-                   scaler=torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16),
-                   loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING), loader=loader,
-                   transform=data.BatchTransform(bench.prep, train=True).to(rt.device), rt=rt,
+    learner = engine.Learner(model, torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING), optimizer,
+                             torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16),
+                             data.BatchTransform(bench.prep, train=True).to(rt.device), rt, show_progress=False)
+    return Trainer(learner=learner, loader=loader,
                    schedule=engine.lr_schedule("cosine", LEARNING_RATE, total_epochs * steps, steps))
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from engine import Runtime
-from errors import UserError
+from core.engine import Runtime
+from core.errors import UserError
 
 
 def pick_device(name: str) -> torch.device:

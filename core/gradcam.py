@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import dataloader as data
+import data
 
 CAM_BATCH = 8  # images per forward: the backward needs every activation kept, ~0.3 GB per image for ResNet152
 OVERLAY = {"cmap": "jet", "alpha": 0.45, "vmin": 0.0, "vmax": 1.0}

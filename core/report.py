@@ -1,0 +1,285 @@
+"""The experiment report of a folder of runs, as Markdown and as self-contained HTML."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from core.errors import UserError
+from core.plots import plot_confusions, plot_curves
+from core.runs import read_config, read_history
+
+# config.json key -> train.py flag, in the order a person would write them
+TRAIN_FLAGS = (("epochs", "-e"), ("batch_size", "-b"), ("optimizer", "-o"), ("learning_rate", "-r"),
+               ("momentum", "-mm"), ("weight_decay", "-wd"), ("scheduler", "--scheduler"),
+               ("warmup_epochs", "--warmup-epochs"), ("label_smoothing", "--label-smoothing"),
+               ("data", "--data"), ("layout", "--layout"), ("split", "--split"), ("image_size", "--image-size"),
+               ("head", "--head"), ("pretrained", "--pretrained"), ("freeze_epochs", "--freeze-epochs"),
+               ("backbone_lr_scale", "--backbone-lr-scale"), ("class_weights", "--class-weights"),
+               ("seed", "--seed"), ("out", "--out"))
+# (config.json key, value, flag) for the on/off settings
+TRAIN_SWITCHES = (("zero_init_residual", True, "--zero-init-residual"),
+                  ("balanced_sampler", True, "--balanced-sampler"), ("amp", True, "--amp"), ("amp", False, "--no-amp"),
+                  ("channels_last", True, "--channels-last"), ("channels_last", False, "--no-channels-last"),
+                  ("compile", True, "--compile"), ("sync_bn", True, "--sync-bn"), ("cache", False, "--no-cache"))
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1f2328;
+  line-height:1.5;max-width:1120px;margin:2rem auto;padding:0 1.5rem;background:#fff}
+h1{font-size:1.9rem;margin:0 0 .2rem}h2{font-size:1.35rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem;
+  margin-top:2.4rem}h3{font-size:1.05rem;margin:1.4rem 0 .4rem}.meta{color:#57606a;margin:0 0 1.5rem}
+table{border-collapse:collapse;width:100%;font-size:.9rem;margin:.8rem 0 1.2rem}
+th,td{border:1px solid #d0d7de;padding:.35rem .6rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa;font-weight:600}tbody tr:nth-child(even) td{background:#fafbfc}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.missing,p.missing{color:#7d4e00;font-style:italic}td.missing{background:#fff8c5!important}
+figure{margin:1rem 0 1.6rem}figure img{max-width:100%;height:auto;border:1px solid #d0d7de;border-radius:6px}
+figcaption{color:#57606a;font-size:.88rem;margin-top:.3rem}
+pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.7rem .9rem;white-space:pre-wrap;
+  word-break:break-word;font-size:.84rem}code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+.note{color:#57606a;font-size:.88rem;font-weight:400}
+"""
+NUMBER = re.compile(r"^[\d.,%e+-]+( \(.*\))?$")
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What the report says about one run, read from its folder."""
+
+    path: Path
+    model: str
+    pretrained: str  # "no", "imagenet" or a weights file
+    epochs_run: int
+    epochs_planned: int | None
+    batch_size: Any
+    optimizer: Any
+    learning_rate: Any
+    best_acc: float | None
+    best_epoch: int | None
+    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, valid first
+    figures: list[tuple[str, Path]]  # (caption, PNG): Grad-CAM grids and non-valid confusion matrices
+    train_command: str
+    command_rebuilt: bool  # True when config.json had no "command"
+    eval_command: str
+
+
+def describe_run(run: Path) -> RunReport:
+    """Settings from config.json, best valid accuracy from history.csv, metrics and figures from eval/."""
+    cfg = read_config(run)
+    history = read_history(run)
+    best = history["valid_acc"].idxmax() if len(history) else None
+    command = cfg.get("command")
+    return RunReport(
+        path=run, model=cfg.get("model") or cfg.get("arch") or run.name.split("-")[0],
+        pretrained=str(cfg.get("pretrained") or "no"),
+        epochs_run=len(history), epochs_planned=cfg.get("epochs"), batch_size=cfg.get("batch_size"),
+        optimizer=cfg.get("optimizer"), learning_rate=cfg.get("learning_rate"),
+        best_acc=float(history["valid_acc"][best]) if best is not None else None,
+        best_epoch=int(history["epoch"][best]) if best is not None else None,
+        metrics=read_metrics(run / "eval"), figures=eval_figures(run / "eval"),
+        train_command=command or train_command(cfg, run), command_rebuilt=not command,
+        eval_command=eval_command(run))
+
+
+def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
+    """eval.py's <split>_metrics.json files, valid first; UserError naming an unreadable one."""
+    found = {}
+    for path in sorted(folder.glob("*_metrics.json")):
+        try:
+            found[path.name.removesuffix("_metrics.json")] = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path}: cannot read the metrics ({exc.__class__.__name__}); "
+                            f"run eval.py again to rewrite it") from None
+    return dict(sorted(found.items(), key=lambda item: item[0] != "valid"))
+
+
+def eval_figures(folder: Path) -> list[tuple[str, Path]]:
+    """Grad-CAM grids of every split, and the confusion matrices of splits other than valid (plot.py draws those)."""
+    valid_first = lambda p: (not p.name.startswith("valid_"), p.name)  # noqa: E731
+    cams = [(f"Grad-CAM - {p.name.removesuffix('_gradcam.png')}", p)
+            for p in sorted(folder.glob("*_gradcam.png"), key=valid_first)]
+    others = [(f"confusion matrix - {p.name.removesuffix('_confusion.png')}", p)
+              for p in sorted(folder.glob("*_confusion.png")) if p.name != "valid_confusion.png"]
+    return cams + others
+
+
+def train_command(cfg: dict[str, Any], run: Path) -> str:
+    """The train.py command line that config.json describes (for runs whose config has no "command")."""
+    words = ["python", "train.py", "-m", str(cfg.get("model") or cfg.get("arch") or run.name.split("-")[0])]
+    for key, flag in TRAIN_FLAGS:
+        if cfg.get(key) is not None:
+            words += [flag, str(cfg[key])]
+    words += [flag for key, value, flag in TRAIN_SWITCHES if key in cfg and cfg[key] is value]
+    words += ["--name", run.name]
+    return shlex.join(words)
+
+
+def eval_command(run: Path) -> str:
+    """eval.py on the run, with the --cam N its Grad-CAM grids were drawn with (stored in the PNG)."""
+    words = ["python", "eval.py", "-m", str(run)]
+    for grid in sorted((run / "eval").glob("*_gradcam.png")):
+        try:
+            with Image.open(grid) as png:
+                cam = re.fullmatch(r"eval\.py --cam (\d+)", png.info.get("Description", ""))
+        except OSError:
+            continue
+        if cam:
+            words += ["--cam", cam[1]]
+            break
+    return shlex.join(words)
+
+
+def draw_figures(runs: list[Path], out: Path) -> dict[str, Path]:
+    """plot.py's accuracy curves and valid confusion matrices, drawn into ``out``."""
+    figures = {}
+    with_epochs = [run for run in runs if len(read_history(run))]
+    try:
+        if with_epochs:
+            figures["accuracy"] = out / "accuracy.png"
+            plot_curves(with_epochs, "accuracy", None, figures["accuracy"])
+        if plot_confusions(runs, out / "confusion_matrices.png"):
+            figures["confusion"] = out / "confusion_matrices.png"
+    except OSError as exc:
+        raise UserError(f"cannot write the figures into {out} ({exc.strerror or exc}); choose another --output") \
+            from None
+    return figures
+
+
+def missing_eval(run: Path) -> str:
+    return f"missing (run: python eval.py -m {run})"
+
+
+def run_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+    headers = ["Run", "Model", "Pretrained", "Epochs", "Batch", "Optimizer", "Learning rate", "Best valid acc",
+               "at epoch"]
+    rows = []
+    for r in reports:
+        planned = f" of {r.epochs_planned}" if r.epochs_planned not in (None, r.epochs_run) else ""
+        rows.append([r.path.name, r.model, r.pretrained, f"{r.epochs_run}{planned}", show(r.batch_size),
+                     show(r.optimizer), show(r.learning_rate),
+                     f"{r.best_acc:.2%}" if r.best_acc is not None else "no finished epoch",
+                     str(r.best_epoch) if r.best_epoch is not None else "-"])
+    return headers, rows
+
+
+def eval_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+    """One row per evaluated split; a run without valid metrics gets a 'missing' row (never zeros)."""
+    headers = ["Run", "Split", "Images", "Accuracy", "Weighted F1", "Macro recall", "ROC-AUC / QW kappa"]
+    rows = []
+    for r in reports:
+        if "valid" not in r.metrics:
+            rows.append([r.path.name, "valid", missing_eval(r.path)])
+        for split, m in r.metrics.items():
+            rows.append([r.path.name, split, show(m.get("images")), percent(m.get("accuracy")),
+                         number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m)])
+    return headers, rows
+
+
+def show(value: Any) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def percent(value: Any) -> str:
+    return f"{value:.2%}" if isinstance(value, (int, float)) else "not in the metrics file"
+
+
+def number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "not in the metrics file"
+
+
+def ranking(m: dict[str, Any]) -> str:
+    """ROC-AUC for two classes, quadratic weighted kappa for graded classes."""
+    if "quadratic_kappa" in m:
+        return f"{m['quadratic_kappa']:.4f} (kappa)"
+    if "roc_auc" in m:
+        return f"{m['roc_auc']:.4f} (AUC)" if m["roc_auc"] is not None else "n/a (one class only)"
+    return "not in the metrics file"
+
+
+def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[str, Path], out: Path) -> str:
+    """report.md: the tables, the figures as relative links, the commands."""
+    link = lambda p: Path(os.path.relpath(p.resolve(), out.resolve())).as_posix()  # noqa: E731
+    lines = [f"# {title}", "", f"Generated {date} from {len(reports)} run(s).", "", "## Runs", "",
+             *md_table(*run_table(reports)), "", "## Evaluation", "", *md_table(*eval_table(reports)), ""]
+    lines += ["## Accuracy per epoch", ""]
+    lines += [f"![accuracy per epoch]({link(figures['accuracy'])})" if "accuracy" in figures else
+              "No run has a finished epoch yet.", ""]
+    lines += ["## Confusion matrices (valid)", ""]
+    lines += [f"![valid confusion matrices]({link(figures['confusion'])})" if "confusion" in figures else
+              "None: no run has been evaluated (python eval.py -m <run>).", ""]
+    for r in reports:
+        lines += [f"## {r.path.name}", ""]
+        lines += [line for caption, png in r.figures for line in (f"![{caption}]({link(png)})", "")]
+        if not any(caption.startswith("Grad-CAM") for caption, _ in r.figures):
+            lines += [f"Grad-CAM: missing (run: {r.eval_command} --cam 4)", ""]
+        lines += [f"Reproduce ({command_note(r)}):", "", "```bash", r.train_command, r.eval_command, "```", ""]
+    return "\n".join(lines)
+
+
+def command_note(r: RunReport) -> str:
+    if r.command_rebuilt:
+        return "train.py command rebuilt from config.json, which has none recorded"
+    return "train.py command as recorded in config.json; paths are relative to the folder it ran in"
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(cell(c) for c in row + [""] * (len(headers) - len(row))) + " |" for row in rows)]
+
+
+def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, Path]) -> str:
+    """report.html: the same content with inline CSS and every image as a data: URI (works offline)."""
+    e = html.escape
+    parts = [f"<h1>{e(title)}</h1>", f'<p class="meta">Generated {e(date)} from {len(reports)} run(s).</p>',
+             "<h2>Runs</h2>", html_table(*run_table(reports)), "<h2>Evaluation</h2>", html_table(*eval_table(reports)),
+             "<h2>Accuracy per epoch</h2>",
+             figure(figures["accuracy"], "Solid: train, dashed: valid; best valid accuracy in the legend.")
+             if "accuracy" in figures else '<p class="missing">No run has a finished epoch yet.</p>',
+             "<h2>Confusion matrices (valid)</h2>",
+             figure(figures["confusion"], "Rows: true class; colours: share of the row; counts in brackets.")
+             if "confusion" in figures else
+             '<p class="missing">None: no run has been evaluated (python eval.py -m &lt;run&gt;).</p>']
+    for r in reports:
+        parts.append(f"<h2>{e(r.path.name)}</h2>")
+        parts += [figure(png, caption) for caption, png in r.figures]
+        if not any(caption.startswith("Grad-CAM") for caption, _ in r.figures):
+            parts.append(f'<p class="missing">Grad-CAM: missing (run: <code>{e(r.eval_command)} --cam 4</code>)</p>')
+        parts.append(f'<h3>Reproduce <span class="note">({e(command_note(r))})</span></h3>'
+                     f"<pre><code>{e(r.train_command)}\n{e(r.eval_command)}</code></pre>")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<style>{CSS}</style>\n</head>\n'
+            f"<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
+
+
+def html_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A table; a short row's last cell spans the rest, cells that start with 'missing' are highlighted."""
+    e = html.escape
+    body = []
+    for row in rows:
+        cells = []
+        for i, text in enumerate(row):
+            span = len(headers) - len(row) + 1 if i == len(row) - 1 and len(row) < len(headers) else 1
+            kind = "missing" if text.startswith("missing") else "num" if i > 0 and NUMBER.match(text) else ""
+            cells.append(f"<td{f' class={kind}' if kind else ''}{f' colspan={span}' if span > 1 else ''}>"
+                         f"{e(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
+
+
+def figure(png: Path, caption: str) -> str:
+    """An <img> carrying the PNG itself as a data: URI."""
+    try:
+        encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+    except OSError as exc:
+        raise UserError(f"cannot read {png} ({exc.strerror or exc})") from None
+    return (f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")

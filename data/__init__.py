@@ -1,0 +1,48 @@
+"""The data side: from files on disk to batches on the device.
+
+    layouts.open_data(root)            -> DataSource with Splits (file lists, labels, Kaggle ids)
+    statistics.fit_preprocess(train)   -> Preprocess (crop measured on the data, mean/std of train)
+    cache.ImageDataset(split, prep)    -> uint8 3xHxW tensors, decoded+cropped+resized once (cache)
+    loader.make_loader(dataset, ...)   -> batches (uint8 Nx3xHxW, int64 N) on the CPU
+    augment.BatchTransform(prep, ...)  -> on the device: augmentation (train) + normalisation -> float
+
+One module per concern: ``sources`` (Split, DataSource, CSV reading), one module per layout
+family (``cells``: lab + Kaggle C-NMC; ``retina``; ``generic``: CSV and folders), ``preprocess``
+(decoding, cell crop, fundus disk), ``statistics``, ``cache``, ``loader`` (sampling, class
+weights), ``augment``. Import the public names from here.
+"""
+from data.augment import COLOUR_JITTER, BatchTransform, sampling_grid
+from data.cache import ImageDataset, build_cache
+from data.cells import LEUKEMIA_CLASSES
+from data.layouts import LAYOUTS, SPLIT_METHODS, open_data
+from data.loader import (
+           CLASS_WEIGHTINGS,
+           BatchLoader,
+           ShardedBatchSampler,
+           class_weights,
+           make_loader,
+)
+from data.preprocess import (
+           IMAGENET_MEAN,
+           IMAGENET_STD,
+           PREPROCESS_MODES,
+           Preprocess,
+           fundus_box,
+           load_image,
+)
+from data.retina import RETINOPATHY_CLASSES
+from data.sources import (
+           IMAGE_EXTENSIONS,
+           LAYOUT_NEEDS,
+           UNLABELLED,
+           DataError,
+           DataSource,
+           Split,
+)
+from data.statistics import fit_preprocess, pixel_stats
+
+__all__ = ["BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER", "DataError", "DataSource",
+           "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "LAYOUTS", "LAYOUT_NEEDS",
+           "LEUKEMIA_CLASSES", "PREPROCESS_MODES", "Preprocess", "RETINOPATHY_CLASSES", "SPLIT_METHODS",
+           "ShardedBatchSampler", "Split", "UNLABELLED", "build_cache", "class_weights", "fit_preprocess",
+           "fundus_box", "load_image", "make_loader", "open_data", "pixel_stats", "sampling_grid"]
