@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test demo bench
+.PHONY: install test demo bench readme-check
 
 install:
 	$(PIP) install -q -r requirements.txt
@@ -14,3 +14,6 @@ demo: install
 
 bench: install
 	$(PYTHON) bench.py
+
+readme-check: install
+	$(PYTHON) -m pytest -q tests/test_readme.py

@@ -23,21 +23,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
+from typing import TYPE_CHECKING
 
-from core.bench.suite import (SECTIONS, SIZES, BenchConfig, check_targets, describe_machine, format_targets,
-                              machine_info, plain, run_end_to_end, run_models, run_pipeline, timed_section)
+from core.bench import SECTIONS
+from core.cli import model_name
 from core.errors import UserError, run_cli
-from core.hardware import make_runtime, out_of_memory_message, pick_device
-from core.runs import write_json
-from models import canonical_name
 
-
-def model_name(text: str) -> str:
-    try:
-        return canonical_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+if TYPE_CHECKING:
+    from core.bench.suite import BenchConfig
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,6 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Resolve the device and its default sizes, apply the flags given, check ranges (UserError)."""
+    from core.bench.suite import SIZES, BenchConfig
+    from core.hardware import pick_device
+
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
@@ -98,6 +94,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(get_args_parser().parse_args(argv))
+    import torch  # after parsing, so that --help is instant
+
+    from core.bench.suite import (check_targets, describe_machine, format_targets, machine_info, plain,
+                                  run_end_to_end, run_models, run_pipeline, timed_section)
+    from core.hardware import make_runtime, out_of_memory_message
+    from core.runs import write_json
+
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)

@@ -35,17 +35,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-
 from core.errors import UserError, run_cli
-from data.demo import (DEFAULT_COUNTS, LEUKEMIA_TEST_CSVS, MARKER, RETINOPATHY_FRACTIONS, TASKS,  # noqa: F401
-                       class_counts, generate, make_settings, read_marker)
-
+from data.choices import DEMO_TASKS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Write a synthetic demo data set (drawn cells or retina photos) in the lab layout.")
-    parser.add_argument("--task", choices=TASKS, default="leukemia",
+    parser.add_argument("--task", choices=DEMO_TASKS, default="leukemia",
                         help="leukemia: blast vs normal white blood cells (BMP); "
                              "retinopathy: 5 diabetic retinopathy grades (JPEG) (default: leukemia)")
     parser.add_argument("--out", type=Path, default=None,
@@ -69,6 +66,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags, check the output folder and write the data set."""
     args = get_args_parser().parse_args(argv)
+    from data.demo import generate, make_settings  # numpy, pandas, PIL: after parsing, so --help is instant
+
     settings = make_settings(args.task, args.out, args.seed, args.image_size,
                              (args.train, args.valid, args.test), args.force, args.workers)
     start = time.perf_counter()

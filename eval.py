@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import pandas as pd
-import torch
-
-import dataloader as data
-from core import engine
-from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
-                        resolve_checkpoint)
+import data
+from core.cli import cam_count
 from core.errors import UserError, run_cli
-from core.gradcam import cam_count, save_cam_grid
-from core.hardware import make_runtime, pick_device
-from core.metrics import classification_metrics, confusion, format_metrics, save_confusion_png
 from models import display_name
-from core.runs import write_json, write_text_atomic
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"-b/--batch_size must be at least 1 (got {args.batch_size})")
+    import torch  # after parsing, so that --help is instant
+
+    from core import engine
+    from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
+                                 preprocess_from_checkpoint, resolve_checkpoint)
+    from core.gradcam import save_cam_grid
+    from core.hardware import make_runtime, pick_device
+
     path = resolve_checkpoint(args.model_path, prefer="best.pt")
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
@@ -104,6 +105,11 @@ def choose_splits(source: data.DataSource, wanted: list[str], arch: str) -> list
 def write_outputs(out: Path, split: data.Split, probs: np.ndarray, labels: np.ndarray,
                   classes: tuple[str, ...], title: str) -> None:
     """Probabilities CSV always; Kaggle CSV for test lists; metrics and confusion matrix when labelled."""
+    import pandas as pd
+
+    from core.metrics import classification_metrics, confusion, format_metrics, save_confusion_png
+    from core.runs import write_json, write_text_atomic
+
     preds = probs.argmax(1)
     table = pd.DataFrame({"ID": split.ids, **{f"prob_{c}": probs[:, i] for i, c in enumerate(classes)},
                           "pred": preds})

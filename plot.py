@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Sequence
 
 from core.errors import run_cli
-from core.plots import plot_confusions, plot_curves, summary
-from core.runs import find_runs, output_folder
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,6 +26,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    from core.plots import plot_confusions, plot_curves, summary  # matplotlib and pandas: after parsing
+    from core.runs import find_runs, output_folder
+
     runs = find_runs([Path(f) for f in args.folder])
     out = output_folder(args.output, args.folder, runs)
     table = summary(runs)

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Sequence
 
 from core.errors import UserError, run_cli
-from core.report import describe_run, draw_figures, to_html, to_markdown
-from core.runs import find_runs, output_folder, write_text_atomic
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,6 +29,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    from core.report import describe_run, draw_figures, to_html, to_markdown  # after parsing: fast --help
+    from core.runs import find_runs, output_folder, write_text_atomic
+
     runs = find_runs([Path(f) for f in args.folder])
     out = output_folder(args.output, args.folder, runs)
     reports = [describe_run(run) for run in runs]

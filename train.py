@@ -11,20 +11,17 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import dataloader as data
-from core import distributed
-from core.checkpoint import CheckpointError, check_fields, load_checkpoint, resolve_checkpoint
+import data
+from core.cli import model_name
 from core.config import DEFAULT_LR, DEFAULT_WD, RESUME_OVERRIDES, TrainConfig, check_config
 from core.errors import run_cli
-from core.hardware import pick_device
-from core.trainer import Resume, check_writable, fit
-from models import MODELS, canonical_name, display_name
+from models import ARCHITECTURES, display_name
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model", nargs="+", type=model_name, default=["resnet18"], metavar="MODEL",
-                   help="one or more of " + ", ".join(display_name(n) for n in MODELS) + " (default ResNet18)")
+                   help="one or more of " + ", ".join(display_name(n) for n in ARCHITECTURES) + " (default ResNet18)")
     p.add_argument("-e", "--epochs", type=int, help="number of epochs (default 20)")
     p.add_argument("-b", "--batch_size", type=int, default=32, help="batch size per process (default 32)")
     p.add_argument("-o", "--optimizer", choices=sorted(DEFAULT_LR), default="adamw", help="default adamw")
@@ -77,13 +74,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_name(text: str) -> str:
-    try:
-        return canonical_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Fill the optimizer-dependent defaults and check ranges (UserError on a bad value)."""
     cfg = TrainConfig(
@@ -107,6 +97,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    from core import distributed  # torch loads here, after parsing, so that --help is instant
+    from core.checkpoint import load_checkpoint, resolve_checkpoint
+    from core.hardware import pick_device
+    from core.trainer import Resume, check_writable, fit
+
     resume = resolve_checkpoint(args.resume, prefer="last.pt", storage=Path(args.out)) if args.resume else None
     ckpt = load_checkpoint(resume) if resume else None
     cfg = resumed_config(ckpt, args, resume) if ckpt else config_from_args(args)
@@ -138,11 +133,13 @@ def run_folder(checkpoint: Path) -> Path:
 
 def resumed_config(ckpt: dict[str, Any], args: argparse.Namespace, path: Path) -> TrainConfig:
     """The run's own settings; only the flags in RESUME_OVERRIDES given now replace them."""
+    from core.checkpoint import CheckpointError, check_fields
+
     if "config" not in ckpt or "arch" not in ckpt:
         raise CheckpointError(f"{path} holds weights only, not a training state; it cannot be resumed")
     defaults = get_args_parser().parse_args([])
     if args.model != defaults.model and args.model[:1] != [ckpt["arch"]]:
-        got = display_name(ckpt["arch"]) if str(ckpt["arch"]) in MODELS else repr(ckpt["arch"])
+        got = display_name(ckpt["arch"]) if str(ckpt["arch"]) in ARCHITECTURES else repr(ckpt["arch"])
         raise CheckpointError(f"{path} is a {got} checkpoint but "
                               f"{display_name(args.model[0])} was asked for (-m); drop -m to resume it")
     check_fields(ckpt, path, training=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from core.errors import UserError
-from core.runs import default_mode
+from core.runs import default_mode, newest_run
 
 FORMAT = "resnet-suite/1"
 
@@ -60,10 +60,20 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best.pt", storage: Path = Path("storage")) -> Path:
-    """Turn a checkpoint file, a run folder or ``latest`` into a checkpoint file path."""
+    """Turn a checkpoint file, a run folder, a folder of runs or ``latest`` into a checkpoint file path.
+
+    ``latest`` (or ``<folder>/latest``) and a folder that holds runs mean the run train.py wrote
+    last under that folder, at any depth; the choice is printed.
+    """
     p = Path(path)
-    if str(path) == "latest" and not p.exists():
-        p = storage / "latest"
+    if p.name == "latest" and not p.is_file():
+        root = storage if str(path) == "latest" else p.parent
+        p = newest_run(root)
+        print(f"{path}: using {p} (the newest run under {root})")
+    elif p.is_dir() and not any((p / name).is_file() for name in ("history.csv", "config.json", "best.pt", "last.pt")):
+        newest = newest_run(p)
+        print(f"{path}: using {newest} (the newest run under it)")
+        p = newest
     if p.is_dir():
         for name in (prefer, "best.pt", "last.pt"):
             if (p / name).is_file():

@@ -14,7 +14,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from core.progress import progress, track
 
 LOG_EVERY = 50  # steps between the (syncing) finite-loss check and progress-bar update
 
@@ -119,8 +120,8 @@ def train_one_epoch(learner: Learner, loader: Iterable, epoch: int, sums: EpochS
     learner.model.train()
     steps, start = len(loader), sums.step
     t0 = time.perf_counter() - sums.seconds
-    with tqdm(total=steps, initial=start, desc=f"epoch {epoch}", unit="batch", leave=False,
-              disable=not learner.show_progress, dynamic_ncols=True) as bar:
+    with progress(steps, f"epoch {epoch}", "batch", show=learner.show_progress, transient=True,
+                  initial=start) as bar:
         for step, (images, labels) in enumerate(loader, start=start):
             for group in learner.optimizer.param_groups:
                 group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
@@ -178,7 +179,7 @@ def predict(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module
     """Softmax probabilities (N x C) and the loader's labels, in loader order."""
     model.eval()
     probs, labels = [], []
-    for images, y in tqdm(loader, desc="predict", unit="batch", leave=False, disable=not show):
+    for images, y in track(loader, len(loader), "predict", "batch", show=show):
         probs.append(forward(model, rt.inputs(images, transform), rt, tta).softmax(1).cpu())
         labels.append(y)
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()

@@ -7,7 +7,6 @@ channel by the spatial mean of d logit_c / dA, summed, ReLU'd, upsampled to the 
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Sequence
 
@@ -24,17 +23,6 @@ import data
 
 CAM_BATCH = 8  # images per forward: the backward needs every activation kept, ~0.3 GB per image for ResNet152
 OVERLAY = {"cmap": "jet", "alpha": 0.45, "vmin": 0.0, "vmax": 1.0}
-
-
-def cam_count(text: str) -> int:
-    """argparse type of --cam: a whole number >= 0."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (off) or more, got {n}")
-    return n
 
 
 def grad_cam(model: nn.Module, x: Tensor, target_layer: nn.Module,

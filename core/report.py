@@ -214,13 +214,24 @@ def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[s
     lines += ["## Confusion matrices (valid)", ""]
     lines += [f"![valid confusion matrices]({link(figures['confusion'])})" if "confusion" in figures else
               "None: no run has been evaluated (python eval.py -m <run>).", ""]
+    if note := cam_note(reports):
+        lines += [note, ""]
     for r in reports:
         lines += [f"## {r.path.name}", ""]
         lines += [line for caption, png in r.figures for line in (f"![{caption}]({link(png)})", "")]
-        if not any(caption.startswith("Grad-CAM") for caption, _ in r.figures):
-            lines += [f"Grad-CAM: missing (run: {r.eval_command} --cam 4)", ""]
         lines += [f"Reproduce ({command_note(r)}):", "", "```bash", r.train_command, r.eval_command, "```", ""]
     return "\n".join(lines)
+
+
+def has_cam(r: RunReport) -> bool:
+    return any(caption.startswith("Grad-CAM") for caption, _ in r.figures)
+
+
+def cam_note(reports: list[RunReport]) -> str:
+    """One neutral line when no run has Grad-CAM grids: an optional section, not an error."""
+    if any(has_cam(r) for r in reports):
+        return ""
+    return "Grad-CAM: not drawn for these runs (optional: `python eval.py -m <run> --cam 4`)."
 
 
 def command_note(r: RunReport) -> str:
@@ -247,11 +258,12 @@ def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, 
              figure(figures["confusion"], "Rows: true class; colours: share of the row; counts in brackets.")
              if "confusion" in figures else
              '<p class="missing">None: no run has been evaluated (python eval.py -m &lt;run&gt;).</p>']
+    if cam_note(reports):
+        parts.append('<p class="note">Grad-CAM: not drawn for these runs (optional: '
+                     '<code>python eval.py -m &lt;run&gt; --cam 4</code>).</p>')
     for r in reports:
         parts.append(f"<h2>{e(r.path.name)}</h2>")
         parts += [figure(png, caption) for caption, png in r.figures]
-        if not any(caption.startswith("Grad-CAM") for caption, _ in r.figures):
-            parts.append(f'<p class="missing">Grad-CAM: missing (run: <code>{e(r.eval_command)} --cam 4</code>)</p>')
         parts.append(f'<h3>Reproduce <span class="note">({e(command_note(r))})</span></h3>'
                      f"<pre><code>{e(r.train_command)}\n{e(r.eval_command)}</code></pre>")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>\n'

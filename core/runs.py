@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
+from models import ARCHITECTURES
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
 
@@ -92,27 +93,53 @@ def is_run(folder: Path) -> bool:
     return (folder / "history.csv").is_file()
 
 
+def runs_under(root: Path) -> list[Path]:
+    """Run folders at any depth under ``root`` (``root`` itself if it is one).
+
+    Links (``latest``), hidden folders and the image cache are skipped, so no run is listed twice.
+    """
+    if is_run(root):
+        return [root]
+    found: list[Path] = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and d.name != "cache":
+            found += runs_under(d)
+    return found
+
+
+def last_written(run: Path) -> float:
+    """When a run last saved anything train.py writes (not eval.py's outputs)."""
+    files = [run / n for n in ("last.pt", "best.pt", "history.csv")]
+    return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
+
+
+def newest_run(root: Path) -> Path:
+    """The run under ``root`` (any depth) that train.py wrote last; UserError naming ``root`` if none."""
+    runs = runs_under(root)
+    if not runs:
+        where = f"{root} (searched at any depth)" if root.is_dir() else f"{root} (no such folder)"
+        raise UserError(f"no training run found under {where}; train one with train.py or give a run folder")
+    return max(runs, key=last_written)
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders among ``paths``: each is a run folder or a folder of run folders."""
+    """Run folders among ``paths``: each a run folder or a folder holding runs at any depth."""
     runs: list[Path] = []
     for p in paths:
         if not p.is_dir():
             raise UserError(f"{p}: no such folder; give run folders or a folder that holds them (e.g. storage/)")
-        found = [p] if is_run(p) else sorted(d for d in p.iterdir() if d.is_dir() and not d.is_symlink() and is_run(d))
+        found = runs_under(p)
         if not found:
-            raise UserError(f"{p}: holds no training run (a run folder has history.csv); train one with train.py")
+            raise UserError(f"{p}: holds no training run at any depth (a run folder has history.csv); "
+                            f"train one with train.py")
         runs += [r for r in found if r.resolve() not in {x.resolve() for x in runs}]
     return sorted(runs, key=_depth_then_name)
 
 
 def _depth_then_name(run: Path) -> tuple[int, str]:
     """ResNet18 before ResNet50 before ResNet152, whatever the folder names."""
-    from models import (
-        MODELS,  # here: reading run folders should not need the models otherwise
-    )
-
     arch = read_config(run).get("arch", "")
-    order = list(MODELS)
+    order = list(ARCHITECTURES)
     return (order.index(arch) if arch in order else len(order), run.name)
 
 

@@ -11,38 +11,35 @@ family (``cells``: lab + Kaggle C-NMC; ``retina``; ``generic``: CSV and folders)
 (decoding, cell crop, fundus disk), ``statistics``, ``cache``, ``loader`` (sampling, class
 weights), ``augment``. Import the public names from here.
 """
-from data.augment import COLOUR_JITTER, BatchTransform, sampling_grid
-from data.cache import ImageDataset, build_cache
-from data.cells import LEUKEMIA_CLASSES
-from data.layouts import LAYOUTS, SPLIT_METHODS, open_data
-from data.loader import (
-           CLASS_WEIGHTINGS,
-           BatchLoader,
-           ShardedBatchSampler,
-           class_weights,
-           make_loader,
-)
-from data.preprocess import (
-           IMAGENET_MEAN,
-           IMAGENET_STD,
-           PREPROCESS_MODES,
-           Preprocess,
-           fundus_box,
-           load_image,
-)
-from data.retina import RETINOPATHY_CLASSES
-from data.sources import (
-           IMAGE_EXTENSIONS,
-           LAYOUT_NEEDS,
-           UNLABELLED,
-           DataError,
-           DataSource,
-           Split,
-)
-from data.statistics import fit_preprocess, pixel_stats
+from __future__ import annotations
 
-__all__ = ["BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER", "DataError", "DataSource",
-           "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "LAYOUTS", "LAYOUT_NEEDS",
-           "LEUKEMIA_CLASSES", "PREPROCESS_MODES", "Preprocess", "RETINOPATHY_CLASSES", "SPLIT_METHODS",
-           "ShardedBatchSampler", "Split", "UNLABELLED", "build_cache", "class_weights", "fit_preprocess",
-           "fundus_box", "load_image", "make_loader", "open_data", "pixel_stats", "sampling_grid"]
+import importlib
+from typing import Any
+
+# name -> module. Loaded on first use, so that a script's --help does not wait for torch.
+_EXPORTS = {
+    "augment": ("BatchTransform", "COLOUR_JITTER", "sampling_grid"),
+    "cache": ("ImageDataset", "build_cache"),
+    "cells": ("LEUKEMIA_CLASSES",),
+    "choices": ("LAYOUTS", "SPLIT_METHODS"),
+    "layouts": ("open_data",),
+    "loader": ("BatchLoader", "CLASS_WEIGHTINGS", "ShardedBatchSampler", "class_weights", "make_loader"),
+    "preprocess": ("IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESS_MODES", "Preprocess", "fundus_box", "load_image"),
+    "retina": ("RETINOPATHY_CLASSES",),
+    "sources": ("IMAGE_EXTENSIONS", "LAYOUT_NEEDS", "UNLABELLED", "DataError", "DataSource", "Split"),
+    "statistics": ("fit_preprocess", "pixel_stats"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"data.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

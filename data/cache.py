@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
+from core.progress import progress
 from data.preprocess import Preprocess, load_image
 from data.sources import UNLABELLED, Split
 
@@ -57,7 +57,7 @@ def build_cache(paths: Sequence[Path], prep: Preprocess, target: Path, workers: 
     np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
     chunks = [(start, list(paths[start:start + _CHUNK])) for start in range(0, len(paths), _CHUNK)]
     try:
-        with tqdm(total=len(paths), desc=desc, unit="img") as bar:
+        with progress(len(paths), desc, "img") as bar:
             if workers <= 1:
                 for start, part in chunks:
                     bar.update(_fill_cache(tmp, start, part, prep))

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import demo_data
+from data import demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def generate(out: Path, *flags: str) -> Path:
     return out
 
 
-def file_bytes(root: Path, skip: tuple[str, ...] = (demo_data.MARKER,)) -> dict[str, bytes]:
+def file_bytes(root: Path, skip: tuple[str, ...] = (demo.MARKER,)) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name not in skip}
 
@@ -68,7 +69,7 @@ def test_paths_resolve_from_the_folder_above_out(tmp_path: Path) -> None:
 
 def test_the_three_test_csvs_list_the_same_unlabelled_images(tmp_path: Path) -> None:
     out = generate(tmp_path / "new_dataset")
-    tables = [pd.read_csv(out / name) for name in demo_data.LEUKEMIA_TEST_CSVS]
+    tables = [pd.read_csv(out / name) for name in demo.LEUKEMIA_TEST_CSVS]
     for table in tables:
         assert list(table.columns) == ["Path"]
         assert table.Path.tolist() == [f"./new_dataset/test/{i}.bmp" for i in range(6)]
@@ -104,9 +105,9 @@ def test_cells_are_rgb_bmp_of_the_requested_size_with_black_corners(tmp_path: Pa
 
 def test_marker_says_the_data_is_synthetic_and_records_the_settings(tmp_path: Path) -> None:
     out = generate(tmp_path / "new_dataset", "--seed", "5")
-    text = (out / demo_data.MARKER).read_text()
+    text = (out / demo.MARKER).read_text()
     assert "SYNTHETIC" in text
-    assert demo_data.read_marker(out)["seed"] == 5
+    assert demo.read_marker(out)["seed"] == 5
 
 
 def test_refuses_to_write_into_a_folder_without_marker(tmp_path: Path) -> None:
@@ -169,8 +170,8 @@ def test_retina_train_split_holds_every_grade(tmp_path: Path) -> None:
 
 
 def test_default_retina_counts_keep_a_handful_of_each_grade() -> None:
-    for n in demo_data.DEFAULT_COUNTS["retinopathy"][::2]:
-        counts = demo_data.class_counts(n, demo_data.RETINOPATHY_FRACTIONS, 5)
+    for n in demo.DEFAULT_COUNTS["retinopathy"][::2]:
+        counts = demo.class_counts(n, demo.RETINOPATHY_FRACTIONS, 5)
         assert sum(counts) == n and min(counts) >= 5 and counts[0] == max(counts)
 
 

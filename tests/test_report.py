@@ -163,3 +163,15 @@ def test_the_script_exits_2_on_a_bad_folder(tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_runs_without_grad_cam_get_one_neutral_note_not_a_warning_each(storage: Path) -> None:
+    markdown, page = build(storage)
+    assert markdown.count("Grad-CAM: not drawn") == 1 and page.count("Grad-CAM: not drawn") == 1
+    assert "Grad-CAM: missing" not in markdown + page
+
+
+def test_the_grad_cam_note_goes_once_any_run_has_a_grid(storage: Path) -> None:
+    Image.new("RGB", (40, 30)).save(storage / "A" / "eval" / "valid_gradcam.png")
+    markdown, _ = build(storage)
+    assert "Grad-CAM: not drawn" not in markdown and "Grad-CAM - valid" in markdown

@@ -23,7 +23,6 @@ from core.engine import Runtime
 from core.errors import UserError
 from models import MODELS, display_name
 
-SECTIONS = ("models", "pipeline", "train", "eval", "memory")
 RATIO_TARGET = 0.97  # ours / torchvision, every architecture
 GPU_TARGETS_PX = 224  # the GPU targets are for one H100 at this size
 PIPELINE_TARGET = 0.10  # CPU: loader + BatchTransform under this share of step time

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 import data
-import demo_data
+from data import demo
 from core import engine
 from core.bench.pipeline import memory_mib
 from models import build_model
@@ -39,9 +39,9 @@ def synchronize(device: torch.device) -> None:
 
 def write_demo_data(folder: Path, originals: int, train: int, valid: int, workers: int) -> Path:
     """A synthetic lab-layout cell data set drawn by demo_data.py at ``originals`` px; returns ``folder``."""
-    settings = demo_data.make_settings("leukemia", folder, seed=0, image_size=originals,
+    settings = demo.make_settings("leukemia", folder, seed=0, image_size=originals,
                                        counts=(train, valid, 1), force=False, workers=workers)
-    demo_data.generate(settings)
+    demo.generate(settings)
     return folder
 
 

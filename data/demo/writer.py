@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,15 +11,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from core.errors import UserError
+from core.progress import progress
+from data.choices import DEMO_TASKS
 from data.demo.cells import render_cell, sample_cell
 from data.demo.fundus import render_fundus, sample_fundus
 
 GENERATOR_VERSION = 1  # bump when the drawing changes, so that an old demo set is seen as stale
 MARKER = "DEMO.txt"
-TASKS = ("leukemia", "retinopathy")
+TASKS = DEMO_TASKS
 DEFAULT_OUT = {"leukemia": "new_dataset", "retinopathy": "new_dataset_retina"}
 # Defaults are sized for a CPU demo: one ResNet18 epoch at 64 px in about 10 s on 2 cores.
 DEFAULT_COUNTS = {"leukemia": (800, 200, 200), "retinopathy": (400, 0, 100)}
@@ -191,7 +191,7 @@ def split_labels(n: int, fractions: Sequence[float], minimum: int, rng: np.rando
 
 def write_images(jobs: Sequence[Job], workers: int, desc: str) -> None:
     """Draw and save every job, in ``workers`` processes when that helps, with a progress bar."""
-    bar = tqdm(total=len(jobs), desc=desc, unit="img", file=sys.stderr)
+    bar = progress(len(jobs), desc, "img")
     if workers > 1 and len(jobs) >= 64:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for _ in pool.imap_unordered(save_job, jobs, chunksize=16):
