@@ -21,6 +21,7 @@ from core.errors import UserError
 from core.runs import default_mode, newest_run
 
 FORMAT = "resnet-suite/1"
+RUN_FILES = ("history.csv", "config.json", "best.pt", "last.pt")  # any of them: a run folder
 
 
 class CheckpointError(UserError):
@@ -70,7 +71,7 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best.pt", storage: Path 
         root = storage if str(path) == "latest" else p.parent
         p = newest_run(root)
         print(f"{path}: using {p} (the newest run under {root})")
-    elif p.is_dir() and not any((p / name).is_file() for name in ("history.csv", "config.json", "best.pt", "last.pt")):
+    elif p.is_dir() and not any((p / name).is_file() for name in RUN_FILES):
         newest = newest_run(p)
         print(f"{path}: using {newest} (the newest run under it)")
         p = newest
