@@ -41,7 +41,11 @@ def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
-    """A run's history.csv; UserError if missing or without the expected columns."""
+    """A run's history.csv (a CV run: the mean over its folds, core/cvsummary.py); UserError if malformed."""
+    if is_cv_run(run_dir):
+        from core.cvsummary import cv_history  # it reads the folds' histories with this function
+
+        return cv_history(run_dir)
     path = run_dir / "history.csv"
     try:
         df = pd.read_csv(path)
@@ -89,7 +93,12 @@ def read_confusion(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def is_run(folder: Path) -> bool:
-    return (folder / "history.csv").is_file()
+    return (folder / "history.csv").is_file() or is_cv_run(folder)
+
+
+def is_cv_run(folder: Path) -> bool:
+    """A k-fold cross-validation run (train.py --folds K): cv.json beside fold_0/, fold_1/, ..."""
+    return (folder / "cv.json").is_file()
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -129,13 +138,15 @@ def output_folder(output: str | None, folders: list[str], runs: list[Path]) -> P
 
 
 def link_latest(out: Path, run_dir: Path) -> None:
-    """Point ``out/latest`` at the newest run (a relative symlink, replaced atomically)."""
+    """Point ``out/latest`` at the newest run (a relative symlink, replaced atomically); a fold: its CV run."""
+    if is_cv_run(run_dir.parent) and run_dir.parent.resolve() != out.resolve():
+        run_dir = run_dir.parent
     link = out / "latest"
     tmp = out / f".latest.{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        tmp.symlink_to(os.path.relpath(run_dir, out), target_is_directory=True)
         os.replace(tmp, link)
     except OSError:
         tmp.unlink(missing_ok=True)  # no symlinks here (some Windows setups): fall back to a text file
-        write_text_atomic(out / "LATEST", run_dir.name + "\n")
+        write_text_atomic(out / "LATEST", os.path.relpath(run_dir, out) + "\n")
