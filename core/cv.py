@@ -26,7 +26,7 @@ import data
 from core import distributed, engine
 from core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint
 from core.config import TrainConfig
-from core.cvsummary import format_table, write_summary
+from core.cvsummary import FOLD_DIR, format_table, write_summary
 from core.errors import UserError
 from core.hardware import make_runtime
 from core.runs import is_cv_run, link_latest, read_config, write_json, write_text_atomic
@@ -46,7 +46,8 @@ def cv_folder(path: str | Path, storage: Path = Path("storage"), folds_too: bool
         p = storage / "latest"
     for candidate in [p, *([p.parent, p.parent.parent] if folds_too else [])]:
         if candidate.is_dir() and is_cv_run(candidate):
-            return candidate
+            real = candidate.resolve()  # by its real name: storage/latest is only a link
+            return real.relative_to(Path.cwd()) if real.is_relative_to(Path.cwd()) else real
     return None
 
 
@@ -134,10 +135,7 @@ def fold_table(cv_dir: Path, source: data.DataSource, cfg: TrainConfig, dist: di
     path = cv_dir / FOLDS_FILE
     if path.is_file():
         table = read_folds(path)
-        now = set(pooled(source)["path"])
-        if set(table["path"]) != now:
-            raise UserError(f"{path}: the data changed since this CV run started ({len(now)} images now, "
-                            f"{len(table)} in its folds); start a new run")
+        check_same_images(table, source, path)
         if table["fold"].max() + 1 != cfg.folds:
             raise UserError(f"{path} holds {table['fold'].max() + 1} folds but --folds {cfg.folds} was given; "
                             f"drop --folds to resume")
@@ -162,6 +160,25 @@ def fold_checkpoints(cv_dir: Path) -> list[Path]:
         raise CheckpointError(f"{cv_dir}: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no best.pt "
                               f"yet; finish the CV run with: python train.py --resume {cv_dir}")
     return [cv_dir / f"fold_{i}" / "best.pt" for i in range(k)]
+
+
+def fold_view(checkpoint: Path, source: data.DataSource) -> data.DataSource:
+    """For a fold model (<cv run>/fold_<k>/*.pt): ``source`` with that fold's valid and train; else unchanged."""
+    fold_dir, cv_dir = checkpoint.parent, checkpoint.parent.parent
+    match = FOLD_DIR.fullmatch(fold_dir.name)
+    if not match or not is_cv_run(cv_dir):
+        return source
+    table = read_folds(cv_dir / FOLDS_FILE)
+    check_same_images(table, source, cv_dir / FOLDS_FILE)
+    return fold_source(source, table, int(match[1]))
+
+
+def check_same_images(table: pd.DataFrame, source: data.DataSource, path: Path) -> None:
+    """UserError if the pooled train+valid images are not those of the fold assignment."""
+    now = set(pooled(source)["path"])
+    if set(table["path"]) != now:
+        raise UserError(f"{path}: the data changed since this CV run started ({len(now)} images now, "
+                        f"{len(table)} in its folds); start a new run")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def fold_rows(cv_dir: Path) -> pd.DataFrame:
         if not len(h):
             continue
         best = h["valid_acc"].idxmax()  # the first of equal bests, as best.pt keeps it
-        rows.append({"fold": folder.name.removeprefix("fold_"), "best_epoch": int(h["epoch"][best]),
+        rows.append({"fold": int(folder.name.removeprefix("fold_")), "best_epoch": int(h["epoch"][best]),
                      "epochs": len(h), **{m: float(h[m][best]) for m in METRICS}})
     return pd.DataFrame(rows, columns=["fold", "best_epoch", "epochs", *METRICS])
 
@@ -65,13 +65,24 @@ def _number(value: float) -> float | None:
 
 def format_table(table: pd.DataFrame) -> str:
     """The summary as aligned text: accuracies in percent, losses with 4 decimals."""
-    shown = table.copy()
-    for m in METRICS:
-        fmt = "{:.2%}" if m.endswith("acc") else "{:.4f}"
-        shown[m] = [("" if pd.isna(v) else fmt.format(v)) for v in table[m]]
-    for c in ("best_epoch", "epochs"):
-        shown[c] = ["" if pd.isna(v) else str(int(v)) for v in table[c]]
-    return shown.to_string(index=False)
+    return pd.DataFrame(_text_rows(table), columns=list(table.columns)).to_string(index=False)
+
+
+def report_table(cv_dir: Path) -> tuple[list[str], list[list[str]]]:
+    """The summary as (headers, rows of text) for the report, from the folds' histories."""
+    headers = ["Fold", "Best epoch", "Epochs", "Valid acc", "Valid loss", "Train acc", "Train loss"]
+    return headers, [[c or "-" for c in row] for row in _text_rows(summarise(fold_rows(cv_dir)))]
+
+
+def _text_rows(table: pd.DataFrame) -> list[list[str]]:
+    def cell(column: str, value: object) -> str:
+        if pd.isna(value):
+            return ""
+        if column in METRICS:
+            return f"{value:.2%}" if column.endswith("acc") else f"{value:.4f}"
+        return str(int(value)) if isinstance(value, float) else str(value)
+
+    return [[cell(c, row[c]) for c in table.columns] for _, row in table.iterrows()]
 
 
 def cv_history(cv_dir: Path) -> pd.DataFrame:
@@ -88,3 +99,4 @@ def cv_history(cv_dir: Path) -> pd.DataFrame:
         mean[f"{col}_max"] = grouped[col].max().to_numpy()
     mean["folds"] = grouped.size().to_numpy()
     return mean
+

@@ -145,8 +145,8 @@ def link_latest(out: Path, run_dir: Path) -> None:
     tmp = out / f".latest.{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(os.path.relpath(run_dir, out), target_is_directory=True)
+        tmp.symlink_to(os.path.relpath(run_dir.resolve(), out.resolve()), target_is_directory=True)
         os.replace(tmp, link)
     except OSError:
         tmp.unlink(missing_ok=True)  # no symlinks here (some Windows setups): fall back to a text file
-        write_text_atomic(out / "LATEST", os.path.relpath(run_dir, out) + "\n")
+        write_text_atomic(out / "LATEST", os.path.relpath(run_dir.resolve(), out.resolve()) + "\n")
