@@ -118,6 +118,7 @@ def train_command(cfg: dict[str, Any], run: Path) -> str:
         if cfg.get(key) is not None:
             words += [flag, str(cfg[key])]
     words += [flag for key, value, flag in TRAIN_SWITCHES if key in cfg and cfg[key] is value]
+    words += ["--folds", str(cfg["folds"])] if cfg.get("folds") else []
     words += ["--name", run.name]
     return shlex.join(words)
 

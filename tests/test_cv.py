@@ -165,3 +165,10 @@ def test_each_fold_alone_is_validated_on_its_own_fold(evaluated: Path) -> None:
         assert metrics["images"] == (folds["fold"] == k).sum()
         probs = pd.read_csv(evaluated / f"fold_{k}" / "eval" / "valid_probs.csv")
         assert set(probs["ID"]) == set(folds.loc[folds["fold"] == k, "id"])
+
+
+def test_naming_a_fold_or_its_checkpoint_resumes_the_whole_cv_run(cv_run: dict) -> None:
+    cv_dir = cv_run["dir"]
+    for named in (cv_dir, cv_dir / "fold_1", cv_dir / "fold_1" / "last.pt"):
+        assert core.cv.cv_folder(named, folds_too=True).resolve() == cv_dir.resolve()
+    assert core.cv.cv_folder(cv_dir / "fold_1") is None  # eval.py -m <fold> evaluates that fold alone

@@ -109,3 +109,12 @@ def test_the_assignment_reads_back_the_same(kaggle: Path, tmp_path: Path) -> Non
     table.to_csv(tmp_path / "folds.csv", index=False)
     back = read_folds(tmp_path / "folds.csv")
     assert back.equals(table.reset_index(drop=True))
+
+
+def test_retina_folds_keep_both_eyes_of_a_patient_together(tmp_path: Path) -> None:
+    from test_retina import make_retina_lab
+
+    table = assign_folds(open_data(make_retina_lab(tmp_path)), 3, seed=0)
+    assert len(table) == 20 and (table["patient"] != "").all()
+    assert table.groupby("patient")["fold"].nunique().max() == 1
+    assert table.groupby("patient").size().eq(2).all()
