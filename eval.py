@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -35,6 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", type=cam_count, default=0, metavar="N",
                    help="also save <split>_gradcam.png per labelled split: Grad-CAM of the N most confident "
                         "mistakes and N correct images per class (default 0: off)")
+    p.add_argument("--folds-separately", action="store_true",
+                   help="for a cross-validation run (train.py --folds K): evaluate each fold model alone "
+                        "into <run>/fold_<k>/eval/ instead of their ensemble")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="decode images without the cache")
     p.add_argument("--workers", type=int, default=0, help="loader processes (default 0)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -47,13 +51,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"-b/--batch_size must be at least 1 (got {args.batch_size})")
     import torch  # after parsing, so that --help is instant
 
-    from core import engine
+    from core import cv, engine
     from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
                                  preprocess_from_checkpoint, resolve_checkpoint)
     from core.gradcam import save_cam_grid
     from core.hardware import make_runtime, pick_device
+    from core.runs import pick_run
 
-    path = resolve_checkpoint(args.model_path, prefer="best.pt")
+    run = pick_run(args.model_path)  # 'latest' or a folder of runs -> one run, said once
+    cv_dir = cv.cv_folder(run)  # a CV run: its fold models averaged, or one by one
+    if cv_dir is not None:
+        return evaluate_cv(cv_dir, args, list(sys.argv[1:] if argv is None else argv))
+    if args.folds_separately:
+        raise UserError(f"--folds-separately needs a cross-validation run (train.py --folds K); "
+                        f"{args.model_path} is not one")
+    path = resolve_checkpoint(run, prefer="best.pt")
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     prep = preprocess_from_checkpoint(ckpt, path)
@@ -61,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     classes = tuple(map(str, ckpt.get("classes") or range(ckpt["num_classes"])))
     source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
                             config.get("split", "patient"), seed=config.get("seed", 0))
+    source = cv.fold_view(path, source)  # a fold model of a CV run validates on its own fold
     if len(source.classes) != len(classes):
         raise CheckpointError(f"{path} predicts {len(classes)} classes ({', '.join(classes)}) but the data at "
                               f"{source.root} has {len(source.classes)} ({', '.join(source.classes)})")
@@ -81,6 +94,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid = save_cam_grid(model, loader.dataset, prep, probs, classes, args.cam,
                                  out / f"{split.name}_gradcam.png", f"{name} - {split.name}")
             print(f"{split.name}: Grad-CAM grid -> {grid}")
+    return 0
+
+
+def evaluate_cv(cv_dir: Path, args: argparse.Namespace, argv: list[str]) -> int:
+    """The K fold models of a CV run: averaged probabilities on the test lists, or each fold alone."""
+    from core import cv
+    from core.checkpoint import load_checkpoint
+    from core.hardware import pick_device
+
+    checkpoints = cv.fold_checkpoints(cv_dir)
+    if args.folds_separately:
+        rest = [a for a in argv if a != "--folds-separately"]  # a later -m/--output wins in argparse
+        for path in checkpoints:
+            main([*rest, "-m", str(path), *(["--output", str(Path(args.output) / path.parent.name)]
+                                              if args.output else [])])
+        return 0
+    ckpt = load_checkpoint(checkpoints[0])
+    config, classes = ckpt.get("config", {}), tuple(map(str, ckpt.get("classes") or range(ckpt["num_classes"])))
+    source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
+                            config.get("split", "patient"), seed=config.get("seed", 0))
+    # valid and train are pooled into the folds: every image there trained K-1 of the models
+    splits = [s for s in choose_splits(source, args.split, ckpt["arch"]) if s.name not in ("train", "valid")]
+    if not splits:
+        raise UserError(f"{source.root} has no test list to ensemble the folds on; the valid scores of each fold "
+                        f"are in {cv_dir / 'cv_summary.csv'} (or use --folds-separately)")
+    device = pick_device("cpu" if args.use_cpu else device_name(args.use_device))
+    out = Path(args.output) if args.output else cv_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    options = cv.PredictOptions(device, args.batch_size, args.tta,
+                                Path(config.get("out", "storage")) / "cache" if args.cache else None, args.workers)
+    name = f"{display_name(ckpt['arch'])} {len(checkpoints)}-fold ensemble"
+    print(f"{name} from {cv_dir} on {device}; outputs in {out}/")
+    for split in splits:
+        probs, labels = cv.ensemble_predict(checkpoints, split, options)
+        write_outputs(out, split, probs, labels, classes, f"{name} - {split.name}")
     return 0
 
 

@@ -39,6 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="data layout (default: detected)")
     p.add_argument("--split", default="patient", choices=data.SPLIT_METHODS,
                    help="how to split train/valid when the layout has no valid list (default patient)")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="k-fold cross-validation: pool train+valid into K folds (by patient where known), "
+                        "train one run per fold under <run>/fold_<k>/, summarise in cv_summary.csv")
     p.add_argument("--image-size", type=int, default=224, help="input side in pixels (default 224)")
     p.add_argument("--head", choices=("linear", "mlp"), default="linear", help="classifier head (default linear)")
     p.add_argument("--pretrained", metavar="WEIGHTS",
@@ -89,7 +92,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cache=args.cache, out=args.out, name=args.name, save_every=args.save_every,
         save_minutes=args.save_minutes, pretrained=args.pretrained,
         freeze_epochs=args.freeze_epochs, backbone_lr_scale=args.backbone_lr_scale,
-        class_weights=args.class_weights, balanced_sampler=args.balanced_sampler)
+        class_weights=args.class_weights, balanced_sampler=args.balanced_sampler, folds=args.folds)
     check_config(cfg)
     return cfg
 
@@ -97,14 +100,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    from core import distributed  # torch loads here, after parsing, so that --help is instant
+    from core import cv, distributed  # torch loads here, after parsing, so that --help is instant
     from core.checkpoint import load_checkpoint, resolve_checkpoint
     from core.hardware import pick_device
+    from core.runs import pick_run
     from core.trainer import Resume, check_writable, fit
 
-    resume = resolve_checkpoint(args.resume, prefer="last.pt", storage=Path(args.out)) if args.resume else None
+    # A CV run (--folds K) resumes as a whole, also when one of its folds is named.
+
+    run = pick_run(args.resume, Path(args.out)) if args.resume else None  # 'latest' -> a run folder, said once
+    cv_dir = cv.cv_folder(run, folds_too=True) if run else None
+    resume = resolve_checkpoint(run, prefer="last.pt") if run and not cv_dir else None
     ckpt = load_checkpoint(resume) if resume else None
-    cfg = resumed_config(ckpt, args, resume) if ckpt else config_from_args(args)
+    cfg = cv.resumed_config(cv_dir, resume_changes(args)) if cv_dir else resumed_config(ckpt, args, resume) if ckpt \
+        else config_from_args(args)
     device = pick_device(cfg.device)
     dist, device = distributed.init_distributed(device)
     try:
@@ -116,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"
                   + (f"; {source.note}" if source.note else ""))
         for arch in cfg.models:
-            fit(arch, cfg, source, device, dist, Resume(ckpt, run_folder(resume)) if ckpt else None)
+            if cfg.folds:
+                cv.run_cv(arch, cfg, source, device, dist, cv_dir)
+            else:
+                fit(arch, cfg, source, device, dist, Resume(ckpt, run_folder(resume)) if ckpt else None)
     finally:
         distributed.shutdown(dist)
     return 0
@@ -151,12 +163,17 @@ def resumed_config(ckpt: dict[str, Any], args: argparse.Namespace, path: Path) -
             type(default), (bool, str, type(None)))
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise CheckpointError(f"{path}: setting '{f.name}' = {value!r} is invalid; the file is damaged")
-    given = config_from_args(args)
-    changes = {k: getattr(given, k) for k in RESUME_OVERRIDES
-               if getattr(args, k, None) not in (None, getattr(defaults, k, None))}
-    cfg = replace(cfg, models=(ckpt["arch"],), **changes)
+    cfg = replace(cfg, models=(ckpt["arch"],), **resume_changes(args))
     check_config(cfg)
     return cfg
+
+
+def resume_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The RESUME_OVERRIDES flags given on this command line, with their values."""
+    defaults = get_args_parser().parse_args([])
+    given = config_from_args(args)
+    return {k: getattr(given, k) for k in RESUME_OVERRIDES
+            if getattr(args, k, None) not in (None, getattr(defaults, k, None))}
 
 
 if __name__ == "__main__":

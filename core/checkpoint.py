@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from core.errors import UserError
-from core.runs import default_mode, newest_run
+from core.runs import default_mode, pick_run
 
 FORMAT = "resnet-suite/1"
-RUN_FILES = ("history.csv", "config.json", "best.pt", "last.pt")  # any of them: a run folder
 
 
 class CheckpointError(UserError):
@@ -66,15 +65,7 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best.pt", storage: Path 
     ``latest`` (or ``<folder>/latest``) and a folder that holds runs mean the run train.py wrote
     last under that folder, at any depth; the choice is printed.
     """
-    p = Path(path)
-    if p.name == "latest" and not p.is_file():
-        root = storage if str(path) == "latest" else p.parent
-        p = newest_run(root)
-        print(f"{path}: using {p} (the newest run under {root})")
-    elif p.is_dir() and not any((p / name).is_file() for name in RUN_FILES):
-        newest = newest_run(p)
-        print(f"{path}: using {newest} (the newest run under it)")
-        p = newest
+    p = pick_run(path, storage)
     if p.is_dir():
         for name in (prefer, "best.pt", "last.pt"):
             if (p / name).is_file():

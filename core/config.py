@@ -47,6 +47,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     class_weights: str = "none"
     balanced_sampler: bool = False
+    folds: int = 0  # k-fold cross-validation over train+valid (core/cv.py); 0 = one train/valid split
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -62,6 +63,7 @@ def check_config(cfg: TrainConfig) -> None:
               (cfg.save_every >= 0, f"--save-every must be >= 0 (got {cfg.save_every})"),
               (cfg.save_minutes >= 0, f"--save-minutes must be >= 0 (got {cfg.save_minutes})"),
               (0 <= cfg.freeze_epochs, f"--freeze-epochs must be >= 0 (got {cfg.freeze_epochs})"),
+              (cfg.folds == 0 or cfg.folds >= 2, f"--folds must be at least 2 (got {cfg.folds})"),
               (cfg.backbone_lr_scale > 0, f"--backbone-lr-scale must be positive (got {cfg.backbone_lr_scale})")]
     for ok, message in checks:
         if not ok:

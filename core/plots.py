@@ -13,7 +13,7 @@ from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from core.errors import UserError  # noqa: E402
 from core.metrics import draw_confusion, normalise_rows  # noqa: E402
-from core.runs import read_config, read_confusion, read_history  # noqa: E402
+from core.runs import is_cv_run, read_config, read_confusion, read_history  # noqa: E402
 
 ARCH_COLOURS = {"resnet18": "tab:blue", "resnet34": "tab:green", "resnet50": "tab:orange",
                 "resnet101": "tab:purple", "resnet152": "tab:red"}
@@ -61,6 +61,9 @@ def plot_curves(runs: list[Path], metric: str, title: str | None, path: Path) ->
         ax.plot(h["epoch"], h[f"train_{col}"], linestyle="-", label=f"{label} train", **style)
         ax.plot(h["epoch"], h[f"valid_{col}"], linestyle="--",
                 label=f"{label} valid (best {h['valid_acc'][best]:.2%} @ {int(h['epoch'][best])})", **style)
+        if is_cv_run(run):  # the curves are means over folds (core/cvsummary.cv_history); shade min to max
+            ax.fill_between(h["epoch"], h[f"valid_{col}_min"], h[f"valid_{col}_max"], color=colour, alpha=0.15,
+                            label=f"{label} valid, min-max over {int(h['folds'].max())} folds")
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     if metric == "accuracy":

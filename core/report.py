@@ -14,8 +14,9 @@ from typing import Any
 from PIL import Image
 
 from core.errors import UserError
+from core.cvsummary import report_table as cv_table
 from core.plots import plot_confusions, plot_curves
-from core.runs import read_config, read_history
+from core.runs import is_cv_run, read_config, read_history
 
 # config.json key -> train.py flag, in the order a person would write them
 TRAIN_FLAGS = (("epochs", "-e"), ("batch_size", "-b"), ("optimizer", "-o"), ("learning_rate", "-r"),
@@ -117,6 +118,7 @@ def train_command(cfg: dict[str, Any], run: Path) -> str:
         if cfg.get(key) is not None:
             words += [flag, str(cfg[key])]
     words += [flag for key, value, flag in TRAIN_SWITCHES if key in cfg and cfg[key] is value]
+    words += ["--folds", str(cfg["folds"])] if cfg.get("folds") else []
     words += ["--name", run.name]
     return shlex.join(words)
 
@@ -174,7 +176,7 @@ def eval_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
     headers = ["Run", "Split", "Images", "Accuracy", "Weighted F1", "Macro recall", "ROC-AUC / QW kappa"]
     rows = []
     for r in reports:
-        if "valid" not in r.metrics:
+        if "valid" not in r.metrics and not is_cv_run(r.path):  # a CV run is judged by its folds (cv_table)
             rows.append([r.path.name, "valid", missing_eval(r.path)])
         for split, m in r.metrics.items():
             rows.append([r.path.name, split, show(m.get("images")), percent(m.get("accuracy")),
@@ -208,6 +210,8 @@ def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[s
     link = lambda p: Path(os.path.relpath(p.resolve(), out.resolve())).as_posix()  # noqa: E731
     lines = [f"# {title}", "", f"Generated {date} from {len(reports)} run(s).", "", "## Runs", "",
              *md_table(*run_table(reports)), "", "## Evaluation", "", *md_table(*eval_table(reports)), ""]
+    for r in (r for r in reports if is_cv_run(r.path)):
+        lines += [f"## Cross-validation: {r.path.name}", "", *md_table(*cv_table(r.path)), ""]
     lines += ["## Accuracy per epoch", ""]
     lines += [f"![accuracy per epoch]({link(figures['accuracy'])})" if "accuracy" in figures else
               "No run has a finished epoch yet.", ""]
@@ -251,6 +255,8 @@ def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, 
     e = html.escape
     parts = [f"<h1>{e(title)}</h1>", f'<p class="meta">Generated {e(date)} from {len(reports)} run(s).</p>',
              "<h2>Runs</h2>", html_table(*run_table(reports)), "<h2>Evaluation</h2>", html_table(*eval_table(reports)),
+             *(f"<h2>Cross-validation: {e(r.path.name)}</h2>" + html_table(*cv_table(r.path))
+               for r in reports if is_cv_run(r.path)),
              "<h2>Accuracy per epoch</h2>",
              figure(figures["accuracy"], "Solid: train, dashed: valid; best valid accuracy in the legend.")
              if "accuracy" in figures else '<p class="missing">No run has a finished epoch yet.</p>',

@@ -42,7 +42,11 @@ def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
-    """A run's history.csv; UserError if missing or without the expected columns."""
+    """A run's history.csv (a CV run: the mean over its folds, core/cvsummary.py); UserError if malformed."""
+    if is_cv_run(run_dir):
+        from core.cvsummary import cv_history  # it reads the folds' histories with this function
+
+        return cv_history(run_dir)
     path = run_dir / "history.csv"
     try:
         df = pd.read_csv(path)
@@ -90,7 +94,12 @@ def read_confusion(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def is_run(folder: Path) -> bool:
-    return (folder / "history.csv").is_file()
+    return (folder / "history.csv").is_file() or is_cv_run(folder)
+
+
+def is_cv_run(folder: Path) -> bool:
+    """A k-fold cross-validation run (train.py --folds K): cv.json beside fold_0/, fold_1/, ..."""
+    return (folder / "cv.json").is_file()
 
 
 def runs_under(root: Path) -> list[Path]:
@@ -108,7 +117,9 @@ def runs_under(root: Path) -> list[Path]:
 
 
 def last_written(run: Path) -> float:
-    """When a run last saved anything train.py writes (not eval.py's outputs)."""
+    """When a run last saved anything train.py writes (not eval.py's outputs); a CV run: its newest fold."""
+    if is_cv_run(run):
+        return max((last_written(fold) for fold in run.glob("fold_*") if fold.is_dir()), default=0.0)
     files = [run / n for n in ("last.pt", "best.pt", "history.csv")]
     return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
 
@@ -120,6 +131,26 @@ def newest_run(root: Path) -> Path:
         where = f"{root} (searched at any depth)" if root.is_dir() else f"{root} (no such folder)"
         raise UserError(f"no training run found under {where}; train one with train.py or give a run folder")
     return max(runs, key=last_written)
+
+
+RUN_FILES = ("history.csv", "config.json", "best.pt", "last.pt", "cv.json")  # any of them: a run folder
+
+
+def pick_run(path: str | Path, storage: Path = Path("storage")) -> Path:
+    """``latest``, ``<folder>/latest`` or a folder holding runs -> the newest run under it (said on stdout).
+
+    Any other path (a run folder, a checkpoint, a missing file) comes back as it is.
+    """
+    p = Path(path)
+    if p.name == "latest" and not p.is_file():
+        root = storage if str(path) == "latest" else p.parent
+    elif p.is_dir() and not any((p / name).is_file() for name in RUN_FILES):
+        root = p
+    else:
+        return p
+    run = newest_run(root)
+    print(f"{path}: using {run} (the newest run under {root})")
+    return run
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -156,13 +187,15 @@ def output_folder(output: str | None, folders: list[str], runs: list[Path]) -> P
 
 
 def link_latest(out: Path, run_dir: Path) -> None:
-    """Point ``out/latest`` at the newest run (a relative symlink, replaced atomically)."""
+    """Point ``out/latest`` at the newest run (a relative symlink, replaced atomically); a fold: its CV run."""
+    if is_cv_run(run_dir.parent) and run_dir.parent.resolve() != out.resolve():
+        run_dir = run_dir.parent
     link = out / "latest"
     tmp = out / f".latest.{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        tmp.symlink_to(os.path.relpath(run_dir.resolve(), out.resolve()), target_is_directory=True)
         os.replace(tmp, link)
     except OSError:
         tmp.unlink(missing_ok=True)  # no symlinks here (some Windows setups): fall back to a text file
-        write_text_atomic(out / "LATEST", run_dir.name + "\n")
+        write_text_atomic(out / "LATEST", os.path.relpath(run_dir.resolve(), out.resolve()) + "\n")

@@ -85,7 +85,8 @@ def kaggle_base(root: Path) -> Path | None:
     return None
 
 
-def _patient_id(path: Path) -> str:
+def patient_id(path: Path) -> str:
+    """The patient of a C-NMC cell image: UID_11_10_1_all.bmp -> "11"."""
     fields = path.stem.split("_")
     if len(fields) < 3:
         raise DataError(f"cannot read the patient id from {path} (expected names like UID_11_10_1_all.bmp)")
@@ -105,7 +106,7 @@ def open_kaggle(root: Path, method: str, valid_fraction: float, seed: int) -> Da
             folds += [fold.name] * len(found)
     if not paths:
         raise DataError(f"no images in {base / 'training_data'}/fold_*/all|hem/")
-    patients = [_patient_id(p) for p in paths]
+    patients = [patient_id(p) for p in paths]
     train, valid, note = _kaggle_partition(labels, folds, patients, method, valid_fraction, seed)
     ids = [p.relative_to(base).as_posix() for p in paths]
     source = str(base / "training_data")

@@ -78,7 +78,7 @@ def _grades(values: Sequence[str], csv: Path, first_line: int) -> list[int]:
     return [int_label(v, csv, line, RETINOPATHY_CLASSES) for line, v in enumerate(values, start=first_line)]
 
 
-def _eye_patients(names: Sequence[str]) -> list[str] | None:
+def eye_patients(names: Sequence[str]) -> list[str] | None:
     """The patient id of each Kaggle-style name (10_left -> "10"); None if any name is not like that."""
     matches = [_EYE_NAME.fullmatch(name) for name in names]
     return [m[1] for m in matches] if all(matches) else None
@@ -143,7 +143,7 @@ def open_retina_lab(root: Path, method: str, valid_fraction: float, seed: int) -
     paths, grades, names = _read_retina_lab_list(root, "train", index, folders, labelled=True)
     if not names:
         raise DataError(f"split 'train' is empty ({root / 'train_img.csv'} lists no images)")
-    train, valid, how = _retina_partition(grades, _eye_patients(names), method, valid_fraction, seed)
+    train, valid, how = _retina_partition(grades, eye_patients(names), method, valid_fraction, seed)
     splits = _retina_splits(paths, grades, names, train, valid, str(root / "train_img.csv"))
     test_img, test_label = root / "test_img.csv", root / "test_label.csv"
     if test_label.is_file() and not test_img.is_file():
@@ -174,7 +174,7 @@ def open_retina_kaggle(root: Path, method: str, valid_fraction: float, seed: int
     paths, grades, names = _read_image_level(csv, [root / "train", root])
     if not names:
         raise DataError(f"split 'train' is empty ({csv} lists no images)")
-    patients = _eye_patients(names)
+    patients = eye_patients(names)
     if method == "patient" and patients is None:
         line, name = next((i, n) for i, n in enumerate(names, start=2) if not _EYE_NAME.fullmatch(n))
         raise DataError(f"{csv} line {line}: no patient id in image name {name!r} (Kaggle names look like 10_left); "

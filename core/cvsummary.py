@@ -1,0 +1,102 @@
+"""The numbers of a cross-validation run: each fold's best valid epoch, their mean and standard deviation.
+
+    cv_summary.csv   fold,best_epoch,epochs,valid_acc,valid_loss,train_acc,train_loss  (rows 0..K-1, mean, std)
+    cv_summary.json  {"folds": [...], "mean": {...}, "std": {...}, "k": K, "finished": n}
+
+The standard deviation is the sample one (ddof=1), the spread a paper reports over folds.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from core.runs import HISTORY_COLUMNS, read_history, write_json, write_text_atomic
+
+METRICS = ("valid_acc", "valid_loss", "train_acc", "train_loss")
+FOLD_DIR = re.compile(r"fold_(\d+)")
+
+
+def fold_dirs(cv_dir: Path) -> list[Path]:
+    """cv_dir/fold_0, fold_1, ... in numeric order (fold_10 after fold_9)."""
+    found = [d for d in cv_dir.iterdir() if d.is_dir() and FOLD_DIR.fullmatch(d.name)] if cv_dir.is_dir() else []
+    return sorted(found, key=lambda d: int(FOLD_DIR.fullmatch(d.name)[1]))
+
+
+def fold_rows(cv_dir: Path) -> pd.DataFrame:
+    """One row per fold with a finished epoch: the metrics of its best valid-accuracy epoch."""
+    rows = []
+    for folder in fold_dirs(cv_dir):
+        if not (folder / "history.csv").is_file():
+            continue
+        h = read_history(folder)
+        if not len(h):
+            continue
+        best = h["valid_acc"].idxmax()  # the first of equal bests, as best.pt keeps it
+        rows.append({"fold": int(folder.name.removeprefix("fold_")), "best_epoch": int(h["epoch"][best]),
+                     "epochs": len(h), **{m: float(h[m][best]) for m in METRICS}})
+    return pd.DataFrame(rows, columns=["fold", "best_epoch", "epochs", *METRICS])
+
+
+def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    """The fold rows followed by a "mean" and a "std" row (sample std; NaN with one fold)."""
+    numbers = rows[list(METRICS)]
+    stats = pd.DataFrame([{"fold": "mean", **numbers.mean().to_dict()}, {"fold": "std", **numbers.std().to_dict()}])
+    return pd.concat([rows, stats], ignore_index=True)[list(rows.columns)]
+
+
+def write_summary(cv_dir: Path, k: int) -> pd.DataFrame:
+    """Write cv_summary.csv and cv_summary.json from the folds' histories; returns the table."""
+    rows = fold_rows(cv_dir)
+    table = summarise(rows)
+    write_text_atomic(cv_dir / "cv_summary.csv", table.to_csv(index=False))
+    records = rows.to_dict(orient="records")
+    stats = {name: {m: _number(table.loc[table["fold"] == name, m].iloc[0]) for m in METRICS}
+             for name in ("mean", "std")}
+    write_json(cv_dir / "cv_summary.json", {"k": k, "finished": len(rows), "folds": records, **stats,
+                                            "std_kind": "sample (ddof=1)"})
+    return table
+
+
+def _number(value: float) -> float | None:
+    return None if pd.isna(value) else float(value)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The summary as aligned text: accuracies in percent, losses with 4 decimals."""
+    return pd.DataFrame(_text_rows(table), columns=list(table.columns)).to_string(index=False)
+
+
+def report_table(cv_dir: Path) -> tuple[list[str], list[list[str]]]:
+    """The summary as (headers, rows of text) for the report, from the folds' histories."""
+    headers = ["Fold", "Best epoch", "Epochs", "Valid acc", "Valid loss", "Train acc", "Train loss"]
+    return headers, [[c or "-" for c in row] for row in _text_rows(summarise(fold_rows(cv_dir)))]
+
+
+def _text_rows(table: pd.DataFrame) -> list[list[str]]:
+    def cell(column: str, value: object) -> str:
+        if pd.isna(value):
+            return ""
+        if column in METRICS:
+            return f"{value:.2%}" if column.endswith("acc") else f"{value:.4f}"
+        return str(int(value)) if isinstance(value, float) else str(value)
+
+    return [[cell(c, row[c]) for c in table.columns] for _, row in table.iterrows()]
+
+
+def cv_history(cv_dir: Path) -> pd.DataFrame:
+    """Per epoch, the mean over folds of every history column, plus valid_acc_min/max and valid_loss_min/max."""
+    frames = [read_history(d) for d in fold_dirs(cv_dir) if (d / "history.csv").is_file()]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    every = pd.concat(frames, ignore_index=True)
+    grouped = every.groupby("epoch", sort=True)
+    mean = grouped.mean().reset_index()
+    for col in ("valid_acc", "valid_loss", "train_acc", "train_loss"):
+        mean[f"{col}_min"] = grouped[col].min().to_numpy()
+        mean[f"{col}_max"] = grouped[col].max().to_numpy()
+    mean["folds"] = grouped.size().to_numpy()
+    return mean
+
