@@ -41,8 +41,9 @@ class TensorBoardLog:
 
         self.classes = tuple(classes)
         self.steps_per_epoch = steps_per_epoch
-        # purge_step: events logged after the checkpoint we resume from are dropped, not shown twice
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
+        # Steps are counted from 1; what an interrupted run logged after step ``start_step`` (its
+        # checkpoint) is done again, so TensorBoard is told to drop the old copies.
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self._pending: list[tuple[int, float, torch.Tensor]] = []  # (global step, lr, step loss on the device)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # running sums (loss, seen) after the last step
 

@@ -84,3 +84,20 @@ def test_a_missing_tensorboard_package_is_one_line_before_any_work(lab: Path, tm
                                     "not installed; install the extras with: python3 -m pip install -r "
                                     "requirements-extras.txt  (or: pip install tensorboard)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resumed_run_continues_the_step_axis_without_repeating_steps(lab: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = lab.parent / "resumed"
+    assert train_script.main(["--data", str(lab), "--out", str(out), *ARGS, "-e", "1", "--name", "r", "--tensorboard"]) == 0
+    after_epoch_1 = (out / "r" / "last.pt").read_bytes()
+    assert train_script.main(["--resume", str(out / "r"), "--out", str(out), "-e", "2", "--tensorboard"]) == 0
+    # as if the second epoch had crashed before its checkpoint: it is done (and logged) again
+    (out / "r" / "last.pt").write_bytes(after_epoch_1)
+    assert train_script.main(["--resume", str(out / "r"), "--out", str(out), "-e", "2", "--tensorboard"]) == 0
+    accumulator = EventAccumulator(str(out / "r" / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    assert values(accumulator, "train/loss")[0] == list(range(1, 2 * STEPS + 1))
+    assert values(accumulator, "epoch/valid_acc")[0] == [STEPS, 2 * STEPS]
