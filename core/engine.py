@@ -156,8 +156,8 @@ def forward(model: torch.nn.Module, x: torch.Tensor, rt: Runtime, tta: bool) -> 
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime,
-             tta: bool = False, confusion: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime, tta: bool = False,
+             confusion: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed cross-entropy, number correct and number seen over ``loader`` (device tensors).
 
     ``confusion`` (C x C int64 on the device), if given, gets each (true, predicted) pair counted in.

@@ -96,6 +96,7 @@ def preprocess_info(member: Member, opset: int) -> dict[str, Any]:
         "mean": list(prep.mean), "std": list(prep.std),
         "normalise": "x = (pixel / 255 - mean) / std, per channel",
         "classes": list(member.classes),
-        "threshold": None if point is None else {"value": point.value, "positive_class": member.classes[point.positive]},
+        "threshold": None if point is None else {"value": point.value,
+                                                 "positive_class": member.classes[point.positive]},
         "arch": member.arch, "checkpoint": str(member.path), "opset": opset,
     }

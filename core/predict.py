@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,6 +35,7 @@ from data import BatchTransform, DataError, Preprocess, load_image
 from data.sources import IMAGE_EXTENSIONS, column, natural_key, read_csv, resolve_path
 
 GLOB_CHARS = set("*?[")
+DECODE_THREADS = min(8, os.cpu_count() or 1)  # decoding, not the model, limits prediction on a GPU
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,8 @@ def class_index(value: int | str, classes: Sequence[str], where: Path | str) -> 
     except (TypeError, ValueError):
         index = -1
     if not 0 <= index < len(classes):
-        raise UserError(f"{where}: positive class {value!r} is not one of {', '.join(classes)} (or 0..{len(classes) - 1})")
+        raise UserError(f"{where}: positive class {value!r} is not one of {', '.join(classes)} "
+                        f"(or 0..{len(classes) - 1})")
     return index
 
 
@@ -189,23 +194,34 @@ def decide(probs: np.ndarray, threshold: Threshold | None) -> np.ndarray:
 Decoded = tuple[torch.Tensor, list[int], dict[int, str]]  # images, their chunk positions, failures by position
 
 
-def decode(items: Sequence[Item], prep: Preprocess) -> Decoded:
-    """Decode the readable items: uint8 N x 3 x H x W, their indices in ``items``, and the failures' messages."""
+def decode(items: Sequence[Item], prep: Preprocess, pool: ThreadPoolExecutor | None = None) -> Decoded:
+    """Decode the readable items: uint8 N x 3 x H x W, their indices in ``items``, and the failures' messages.
+
+    With ``pool`` the files are decoded in its threads (PIL releases the GIL while decoding and resizing).
+    """
     pixels, ok, failed = [], [], {}
-    for i, item in enumerate(items):
-        if item.error:
-            failed[i] = item.error
-            continue
-        try:
-            pixels.append(load_image(Path(item.path), prep))
+    results = (pool.map if pool else map)(partial(load_or_error, prep=prep), items)
+    for i, result in enumerate(results):
+        if isinstance(result, str):
+            failed[i] = result
+        else:
+            pixels.append(result)
             ok.append(i)
-        except DataError as exc:
-            failed[i] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others
-            failed[i] = f"cannot read image {item.path}: {type(exc).__name__}: {exc}"
     size = prep.image_size
     images = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
     return torch.from_numpy(images).permute(0, 3, 1, 2), ok, failed
+
+
+def load_or_error(item: Item, prep: Preprocess) -> np.ndarray | str:
+    """The item's pixels (H x W x 3 uint8), or why it cannot be read."""
+    if item.error:
+        return item.error
+    try:
+        return load_image(Path(item.path), prep)
+    except DataError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others
+        return f"cannot read image {item.path}: {type(exc).__name__}: {exc}"
 
 
 def batches(items: Sequence[Item], size: int) -> Iterator[tuple[int, Sequence[Item]]]:
@@ -220,28 +236,27 @@ def predict_items(members: Sequence[Member], items: Sequence[Item], options: Pre
     probs = np.full((len(items), len(classes)), np.nan)
     errors, cams = [""] * len(items), [""] * len(items)
     transforms = [BatchTransform(m.prep, train=False).to(rt.device) for m in members]
-    for start, chunk in tqdm(list(batches(items, options.batch_size)), desc="predict", unit="batch", leave=False):
-        decoded: dict[tuple, Decoded] = {}
-        for m in members:  # members with the same pixel settings share one decoding
-            decoded.setdefault(pixel_key(m.prep), decode(chunk, m.prep))
-        for _, _, failed in decoded.values():
-            for i, message in failed.items():
-                errors[start + i] = message
-        good = [i for i in range(len(chunk)) if not errors[start + i]]
-        if not good:
-            continue
-        rows = [start + i for i in good]
-        total = np.zeros((len(good), len(classes)))
-        for m, transform in zip(members, transforms):
-            batch = [(pixels_of(decoded[pixel_key(m.prep)], good), torch.zeros(len(good), dtype=torch.long))]
-            total += engine.predict(m.model, batch, transform, rt, options.tta, show=False)[0]
-        probs[rows] = total / len(members)
-        if options.cam_dir is not None:  # explains the first member's view of the final decision
-            paths = [options.cam_dir / f"{row + 1:05d}_{Path(items[row].path).stem}.png" for row in rows]
-            save_overlays(members[0], pixels_of(decoded[pixel_key(members[0].prep)], good),
-                          decide(probs[rows], options.threshold), transforms[0], paths)
-            for row, path in zip(rows, paths):
-                cams[row] = str(path)
+    preps = {pixel_key(m.prep): m.prep for m in members}  # members with the same pixel settings share a decoding
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        for start, chunk in tqdm(list(batches(items, options.batch_size)), desc="predict", unit="batch", leave=False):
+            decoded = {key: decode(chunk, prep, pool) for key, prep in preps.items()}
+            for _, _, failed in decoded.values():
+                for i, message in failed.items():
+                    errors[start + i] = message
+            good = [i for i in range(len(chunk)) if not errors[start + i]]
+            rows = [start + i for i in good]
+            if not good:
+                continue
+            views = [(m, transform, pixels_of(decoded[pixel_key(m.prep)], good))
+                     for m, transform in zip(members, transforms)]
+            probs[rows] = np.mean([engine.predict(m.model, [(images, torch.zeros(len(good), dtype=torch.long))],
+                                                  transform, rt, options.tta, show=False)[0]
+                                   for m, transform, images in views], axis=0)
+            if options.cam_dir is not None:  # explains the first member's view of the final decision
+                paths = [options.cam_dir / f"{row + 1:05d}_{Path(items[row].path).stem}.png" for row in rows]
+                save_overlays(*views[0], decide(probs[rows], options.threshold), paths)
+                for row, path in zip(rows, paths):
+                    cams[row] = str(path)
     return results_table(items, probs, errors, classes, options.threshold, cams if options.cam_dir else None)
 
 
@@ -269,7 +284,7 @@ def results_table(items: Sequence[Item], probs: np.ndarray, errors: list[str], c
     return table
 
 
-def save_overlays(member: Member, images: torch.Tensor, preds: np.ndarray, transform: torch.nn.Module,
+def save_overlays(member: Member, transform: torch.nn.Module, images: torch.Tensor, preds: np.ndarray,
                   paths: Sequence[Path]) -> None:
     """Grad-CAM of the predicted class blended over each uint8 image (N x 3 x H x W), one PNG per path."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)

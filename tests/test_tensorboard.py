@@ -1,4 +1,4 @@
-"""train.py --tensorboard: per-step loss and learning rate, per-epoch metrics and confusion images, in the run folder."""
+"""train.py --tensorboard: per-step loss and lr, per-epoch metrics and confusion images, in the run folder."""
 from __future__ import annotations
 
 import sys
@@ -91,7 +91,8 @@ def test_a_resumed_run_continues_the_step_axis_without_repeating_steps(lab: Path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = lab.parent / "resumed"
-    assert train_script.main(["--data", str(lab), "--out", str(out), *ARGS, "-e", "1", "--name", "r", "--tensorboard"]) == 0
+    first = ["--data", str(lab), "--out", str(out), *ARGS, "-e", "1", "--name", "r", "--tensorboard"]
+    assert train_script.main(first) == 0
     after_epoch_1 = (out / "r" / "last.pt").read_bytes()
     assert train_script.main(["--resume", str(out / "r"), "--out", str(out), "-e", "2", "--tensorboard"]) == 0
     # as if the second epoch had crashed before its checkpoint: it is done (and logged) again
