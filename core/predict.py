@@ -27,8 +27,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from core import engine
-from core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint, \
-    resolve_checkpoint
+from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
+                             resolve_checkpoint)
 from core.errors import UserError
 from core.gradcam import OVERLAY, heat_maps
 from data import BatchTransform, DataError, Preprocess, load_image
