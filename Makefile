@@ -1,12 +1,16 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test demo bench readme-check
+.PHONY: install install-extras test demo bench readme-check
 
 install:
 	$(PIP) install -q -r requirements.txt
 
-test: install
+# the optional packages (167 MiB) too, so that the ONNX and TensorBoard tests run rather than skip
+install-extras: install
+	$(PIP) install -q -r requirements-extras.txt
+
+test: install-extras
 	$(PYTHON) -m pytest -q
 
 demo: install

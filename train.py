@@ -73,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also write last.pt every N steps (default: at each epoch's end)")
     p.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
                    help="also write last.pt when M minutes passed since the last save (default 10; 0 = off)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log losses, learning rate and confusion matrices to <run>/tensorboard/ "
+                        "(view: tensorboard --logdir storage/; needs requirements-extras.txt)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -92,7 +95,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cache=args.cache, out=args.out, name=args.name, save_every=args.save_every,
         save_minutes=args.save_minutes, pretrained=args.pretrained,
         freeze_epochs=args.freeze_epochs, backbone_lr_scale=args.backbone_lr_scale,
-        class_weights=args.class_weights, balanced_sampler=args.balanced_sampler, folds=args.folds)
+        class_weights=args.class_weights, balanced_sampler=args.balanced_sampler, folds=args.folds,
+        tensorboard=args.tensorboard)
     check_config(cfg)
     return cfg
 
@@ -107,13 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.trainer import Resume, check_writable, fit
 
     # A CV run (--folds K) resumes as a whole, also when one of its folds is named.
-
     run = pick_run(args.resume, Path(args.out)) if args.resume else None  # 'latest' -> a run folder, said once
     cv_dir = cv.cv_folder(run, folds_too=True) if run else None
     resume = resolve_checkpoint(run, prefer="last.pt") if run and not cv_dir else None
     ckpt = load_checkpoint(resume) if resume else None
     cfg = cv.resumed_config(cv_dir, resume_changes(args)) if cv_dir else resumed_config(ckpt, args, resume) if ckpt \
         else config_from_args(args)
+    if cfg.tensorboard:
+        from core.tensorboard import require_tensorboard
+
+        require_tensorboard()  # before any data is read: a missing package is one line, at once
     device = pick_device(cfg.device)
     dist, device = distributed.init_distributed(device)
     try:

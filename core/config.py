@@ -7,7 +7,7 @@ from core.errors import UserError
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
-RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class TrainConfig:
     class_weights: str = "none"
     balanced_sampler: bool = False
     folds: int = 0  # k-fold cross-validation over train+valid (core/cv.py); 0 = one train/valid split
+    tensorboard: bool = False
 
 
 def check_config(cfg: TrainConfig) -> None:

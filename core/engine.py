@@ -157,9 +157,12 @@ def forward(model: torch.nn.Module, x: torch.Tensor, rt: Runtime, tta: bool) -> 
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime,
-             tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy, number correct and number seen over ``loader`` (device tensors)."""
+def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime, tta: bool = False,
+             confusion: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy, number correct and number seen over ``loader`` (device tensors).
+
+    ``confusion`` (C x C int64 on the device), if given, gets each (true, predicted) pair counted in.
+    """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
@@ -170,6 +173,9 @@ def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Modul
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         seen += y.numel()
+        if confusion is not None:
+            n = confusion.shape[0]
+            confusion += torch.bincount(y * n + logits.argmax(1), minlength=n * n).view(n, n)
     return loss_sum, correct, seen
 
 

@@ -68,6 +68,7 @@ class Run:
     meta: dict[str, Any]  # what every checkpoint carries besides the state: arch, classes, preprocessing, config
     counters: Counters
     last_save: float = field(default_factory=time.monotonic)
+    tb: Any = None  # core.tensorboard.TensorBoardLog with --tensorboard (main process only)
 
     @property
     def steps(self) -> int:
@@ -98,6 +99,8 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
             run.raw.freeze_backbone(epoch < cfg.freeze_epochs)
             sums = (engine.EpochSums.from_state(run.counters.sums, device, run.counters.step) if run.counters.sums
                     else engine.EpochSums.zeros(device))
+            if run.tb:
+                run.tb.start_epoch(sums.loss, sums.seen)
             if not train_epoch(run, epoch, sums, stop):
                 raise SystemExit(stop.exit_message(run.run_dir, epoch + 1, run.counters.step))
             end_epoch(run, epoch, sums)
@@ -105,6 +108,8 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
         raise UserError(out_of_memory_message(cfg.batch_size, cfg.image_size)) from None
     finally:
         stop.restore()
+        if run.tb:
+            run.tb.close()
     finish(run)
     return run.run_dir
 
@@ -115,6 +120,8 @@ def train_epoch(run: Run, epoch: int, sums: engine.EpochSums, stop: StopSignal) 
 
     def after_step(done: int, sums: engine.EpochSums) -> bool:
         stopping = stop.requested(run.dist, done, run.learner.rt.device)
+        if run.tb:
+            run.tb.step(epoch * steps + done, run.schedule(epoch * steps + done - 1), sums.loss, sums.seen)
         due = (cfg.save_every and done % cfg.save_every == 0) or (
             cfg.save_minutes and time.monotonic() - run.last_save > cfg.save_minutes * 60)
         if run.dist.is_main and (stopping or (due and done < steps)):
@@ -151,12 +158,19 @@ def end_epoch(run: Run, epoch: int, sums: engine.EpochSums) -> None:
 def validate(run: Run, sums: engine.EpochSums, epoch: int) -> dict[str, float]:
     """Validate and reduce the epoch's sums over all processes into one history row."""
     distributed.average_buffers(run.raw, run.dist)
-    valid = engine.evaluate(run.raw, run.valid_loader, run.eval_tf, run.learner.rt)
+    n = run.meta["num_classes"]
+    confusion = torch.zeros(n, n, dtype=torch.int64, device=run.learner.rt.device) if run.cfg.tensorboard else None
+    valid = engine.evaluate(run.raw, run.valid_loader, run.eval_tf, run.learner.rt, confusion=confusion)
     totals = torch.stack([sums.loss, sums.correct.double(), sums.seen.double(), *(v.double() for v in valid)])
     loss, correct, seen, vloss, vcorrect, vseen = distributed.all_reduce_sum(totals, run.dist).tolist()
-    return {"epoch": epoch + 1, "train_loss": loss / seen, "train_acc": correct / seen,
-            "valid_loss": vloss / vseen, "valid_acc": vcorrect / vseen,
-            "lr": run.schedule(epoch * run.steps + run.steps - 1), "seconds": round(sums.seconds, 2)}
+    row = {"epoch": epoch + 1, "train_loss": loss / seen, "train_acc": correct / seen,
+           "valid_loss": vloss / vseen, "valid_acc": vcorrect / vseen,
+           "lr": run.schedule(epoch * run.steps + run.steps - 1), "seconds": round(sums.seconds, 2)}
+    if confusion is not None:  # every process takes part in the sum; only the main one writes
+        confusion = distributed.all_reduce_sum(confusion, run.dist).cpu().numpy()
+        if run.tb:
+            run.tb.epoch(row, confusion)
+    return row
 
 
 def finish(run: Run) -> None:
@@ -210,8 +224,13 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
     meta = {"arch": arch, "model_options": {"head": cfg.head}, "num_classes": len(source.classes),
             "classes": list(source.classes), "task": source.task, "preprocess": prep.to_dict(),
             "config": asdict(replace(cfg, models=(arch,)))}
+    tb = None
+    if cfg.tensorboard and dist.is_main:
+        from core.tensorboard import TensorBoardLog
+
+        tb = TensorBoardLog(run_dir, source.classes, steps, start_step=counters.epoch * steps + counters.step)
     return Run(arch, cfg, run_dir, raw, learner, train_loader, valid_loader,
-               data.BatchTransform(prep, train=False).to(device), schedule, dist, meta, counters)
+               data.BatchTransform(prep, train=False).to(device), schedule, dist, meta, counters, tb=tb)
 
 
 def announce(run: Run, source: data.DataSource) -> None:

@@ -1,0 +1,91 @@
+"""Classify new images with a trained run: a CSV of predicted classes and probabilities.
+
+    python predict.py -m storage/latest cells/                    # every image under cells/, recursively
+    python predict.py -m storage/latest 'scans/*.bmp' list.csv    # globs, and CSVs with a path column
+    python predict.py -m storage/ResNet18-... -m storage/ResNet50-... cells/ --tta --cam   # ensemble, Grad-CAM
+
+An image that cannot be read gets a row with its error and no prediction; the exit status is
+then 1 (0 when every image was predicted).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from core.errors import UserError, run_cli
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model_path", action="append", required=True, metavar="RUN",
+                   help="run folder (its best.pt), checkpoint or 'latest'; repeat (-m A -m B) to average "
+                        "several runs' probabilities")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively), globs, or CSVs with a "
+                                             "path column")
+    p.add_argument("-o", "--output", help="predictions CSV (default <run>/predict/predictions.csv)")
+    p.add_argument("-b", "--batch_size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--tta", action="store_true", help="average predictions over the three flips")
+    p.add_argument("--threshold", type=float,
+                   help="two classes: predict the positive class when its probability is at least this "
+                        "(default: the operating point eval.py saved for the run, if any, else the larger "
+                        "probability)")
+    p.add_argument("--positive-class", help="the class --threshold is about, by name or index (default: the "
+                                            "operating point's, else class 1)")
+    p.add_argument("--cam", nargs="?", const="", metavar="DIR",
+                   help="write a Grad-CAM overlay per image (predicted class) into DIR "
+                        "(default <output folder>/gradcam/)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"-b/--batch_size must be at least 1 (got {args.batch_size})")
+    from core import predict
+    from core.hardware import make_runtime, pick_device
+    from core.runs import write_text_atomic
+    from models import display_name
+
+    rt = make_runtime(pick_device(args.device), amp=None, channels_last=None)
+    members = [predict.load_member(spec, rt) for spec in args.model_path]
+    classes = predict.check_same_classes(members)
+    threshold = choose_threshold(args, members, classes)
+    output = Path(args.output) if args.output else members[0].run_dir / "predict" / "predictions.csv"
+    cam_dir = None if args.cam is None else Path(args.cam) if args.cam else output.parent / "gradcam"
+    items = predict.collect_images(args.images)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    names = " + ".join(f"{display_name(m.arch)} ({m.path})" for m in members)
+    print(f"{names} on {rt.device}: {len(items)} images" + (", TTA" if args.tta else "")
+          + (f"; {threshold.source}: {classes[threshold.positive]} if p >= {threshold.value:g}" if threshold else ""))
+    options = predict.PredictOptions(args.batch_size, args.tta, threshold, cam_dir)
+    table = predict.predict_items(members, items, options, rt)
+    write_text_atomic(output, table.to_csv(index=False))
+    print(predict.summary(table, classes))
+    print(f"predictions -> {output}" + (f"; Grad-CAM overlays -> {cam_dir}/" if cam_dir else ""))
+    return 1 if (table["error"] != "").any() else 0
+
+
+def choose_threshold(args: argparse.Namespace, members: list, classes: tuple[str, ...]):  # -> Threshold | None
+    """--threshold, else the single run's saved operating point, else None (the larger probability wins)."""
+    from core.predict import Threshold, class_index, read_operating_point
+
+    if args.threshold is None and args.positive_class is None:
+        return read_operating_point(members[0].run_dir, classes) if len(members) == 1 else None
+    if len(classes) != 2:
+        raise UserError(f"--threshold and --positive-class need a two-class model; this one has {len(classes)} "
+                        f"classes ({', '.join(classes)})")
+    saved = read_operating_point(members[0].run_dir, classes) if len(members) == 1 else None
+    positive = (class_index(args.positive_class, classes, "--positive-class") if args.positive_class is not None
+                else saved.positive if saved else 1)
+    value = args.threshold if args.threshold is not None else saved.value if saved else 0.5
+    if not 0 <= value <= 1:
+        raise UserError(f"--threshold must be between 0 and 1 (got {value})")
+    source = "--threshold" if args.threshold is not None else saved.source if saved else "--positive-class"
+    return Threshold(value, positive, source)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
