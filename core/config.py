@@ -7,7 +7,8 @@ from core.errors import UserError
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
-RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile", "deterministic")
+AUGMENT_POLICIES = ("rotate", "upright", "none")  # data.augment's; here so that --help needs no torch
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     class_weights: str = "none"
     balanced_sampler: bool = False
+    augment: str | None = None  # rotate, upright, none; None until fit() fills in the layout's default
+    ema: bool = False
+    ema_decay: float = 0.999
+    deterministic: bool = False
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -62,6 +67,8 @@ def check_config(cfg: TrainConfig) -> None:
               (cfg.save_every >= 0, f"--save-every must be >= 0 (got {cfg.save_every})"),
               (cfg.save_minutes >= 0, f"--save-minutes must be >= 0 (got {cfg.save_minutes})"),
               (0 <= cfg.freeze_epochs, f"--freeze-epochs must be >= 0 (got {cfg.freeze_epochs})"),
+              (cfg.augment in (None, *AUGMENT_POLICIES), f"--augment must be one of {', '.join(AUGMENT_POLICIES)}"),
+              (0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1) (got {cfg.ema_decay})"),
               (cfg.backbone_lr_scale > 0, f"--backbone-lr-scale must be positive (got {cfg.backbone_lr_scale})")]
     for ok, message in checks:
         if not ok:

@@ -11,7 +11,7 @@ family (``cells``: lab + Kaggle C-NMC; ``retina``; ``generic``: CSV and folders)
 (decoding, cell crop, fundus disk), ``statistics``, ``cache``, ``loader`` (sampling, class
 weights), ``augment``. Import the public names from here.
 """
-from data.augment import COLOUR_JITTER, BatchTransform, sampling_grid
+from data.augment import AUGMENT_POLICIES, COLOUR_JITTER, BatchTransform, default_augment, sampling_grid
 from data.cache import ImageDataset, build_cache
 from data.cells import LEUKEMIA_CLASSES
 from data.layouts import LAYOUTS, SPLIT_METHODS, open_data
@@ -41,8 +41,9 @@ from data.sources import (
 )
 from data.statistics import fit_preprocess, pixel_stats
 
-__all__ = ["BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER", "DataError", "DataSource",
+__all__ = ["AUGMENT_POLICIES", "BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER", "DataError", "DataSource",
            "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "LAYOUTS", "LAYOUT_NEEDS",
            "LEUKEMIA_CLASSES", "PREPROCESS_MODES", "Preprocess", "RETINOPATHY_CLASSES", "SPLIT_METHODS",
-           "ShardedBatchSampler", "Split", "UNLABELLED", "build_cache", "class_weights", "fit_preprocess",
+           "ShardedBatchSampler", "Split", "UNLABELLED", "build_cache", "class_weights", "default_augment",
+           "fit_preprocess",
            "fundus_box", "load_image", "make_loader", "open_data", "pixel_stats", "sampling_grid"]

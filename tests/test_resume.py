@@ -14,7 +14,8 @@ import torch
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from conftest import ROOT, write_lab_dataset
 
-ARGS = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "2", "--seed", "3", "--workers", "0"]
+# --device cpu: the histories are compared exactly (on a GPU that needs --deterministic, tests/test_determinism.py)
+ARGS = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "2", "--seed", "3", "--workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
