@@ -41,7 +41,8 @@ from data.sources import (
 )
 from data.statistics import fit_preprocess, pixel_stats
 
-__all__ = ["AUGMENT_POLICIES", "BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER", "DataError", "DataSource",
+__all__ = ["AUGMENT_POLICIES", "BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER", "DataError",
+           "DataSource",
            "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageDataset", "LAYOUTS", "LAYOUT_NEEDS",
            "LEUKEMIA_CLASSES", "PREPROCESS_MODES", "Preprocess", "RETINOPATHY_CLASSES", "SPLIT_METHODS",
            "ShardedBatchSampler", "Split", "UNLABELLED", "build_cache", "class_weights", "default_augment",

@@ -75,7 +75,8 @@ def test_rotate_turns_by_any_angle_and_flips() -> None:
 def test_none_is_the_identity_before_normalisation() -> None:
     prep = Preprocess(mean=(0.2, 0.3, 0.4), std=(0.5, 0.6, 0.7))
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    expected = (images.float() / 255 - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
+    mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
+    expected = (images.float() / 255 - mean) / std
     torch.manual_seed(0)
     torch.testing.assert_close(BatchTransform(prep, train=True, policy="none")(images), expected)
 

@@ -93,8 +93,9 @@ def test_resume_continues_the_average(tmp_path: Path, ema_run: Path) -> None:
     data = ema_run.parents[1] / "new_dataset"
     flat = [*TINY, "--ema", "--scheduler", "none"]  # a constant rate: 1 epoch + 1 resumed = 2 epochs
     assert train_script.main(["--data", str(data), "--out", str(tmp_path / "full"), *flat, "--name", "r"]) == 0
-    assert train_script.main(["--data", str(data), "--out", str(tmp_path / "cut"), *flat, "-e", "1", "--name", "r"]) == 0
-    assert train_script.main(["--resume", str(tmp_path / "cut" / "r"), "-e", "2"]) == 0
-    resumed, full = load_checkpoint(tmp_path / "cut" / "r" / "last.pt"), load_checkpoint(tmp_path / "full" / "r" / "last.pt")
+    cut = tmp_path / "cut" / "r"
+    assert train_script.main(["--data", str(data), "--out", str(cut.parent), *flat, "-e", "1", "--name", "r"]) == 0
+    assert train_script.main(["--resume", str(cut), "-e", "2"]) == 0
+    resumed, full = load_checkpoint(cut / "last.pt"), load_checkpoint(tmp_path / "full" / "r" / "last.pt")
     assert resumed["config"]["ema"] is True and resumed["epoch"] == 2
     assert all(torch.equal(resumed["ema"][k], full["ema"][k]) for k in full["ema"])
