@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import data
 from core.cli import model_name
-from core.config import DEFAULT_LR, DEFAULT_WD, RESUME_OVERRIDES, TrainConfig, check_config
+from core.config import AUGMENT_POLICIES, DEFAULT_LR, DEFAULT_WD, RESUME_OVERRIDES, TrainConfig, check_config
 from core.errors import run_cli
 from models import ARCHITECTURES, display_name
 
@@ -56,6 +56,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced-sampler", action="store_true",
                    help="draw training images so every class is seen about equally often")
     p.add_argument("--zero-init-residual", action="store_true", help="zero the last BN of each residual branch")
+    p.add_argument("--augment", choices=AUGMENT_POLICIES,
+                   help="rotate: any angle + flips (cells, fundus); upright: +-10 degrees, no flips (images with "
+                        "an up); none: resize + normalise only (default: rotate for the lab, Kaggle and retina "
+                        "layouts, upright for CSV and folder-per-class)")
+    p.add_argument("--ema", action="store_true",
+                   help="evaluate and save best.pt with an exponential moving average of the weights")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay per step (default 0.999)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels: the same seed gives the same history on CUDA (slower)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--workers", type=int, default=-1, help="loader processes (default: 0 on CPU, 4 on GPU)")
@@ -96,7 +105,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         save_minutes=args.save_minutes, pretrained=args.pretrained,
         freeze_epochs=args.freeze_epochs, backbone_lr_scale=args.backbone_lr_scale,
         class_weights=args.class_weights, balanced_sampler=args.balanced_sampler, folds=args.folds,
-        tensorboard=args.tensorboard)
+        tensorboard=args.tensorboard, augment=args.augment, ema=args.ema, ema_decay=args.ema_decay,
+        deterministic=args.deterministic)
     check_config(cfg)
     return cfg
 
@@ -121,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from core.tensorboard import require_tensorboard
 
         require_tensorboard()  # before any data is read: a missing package is one line, at once
+    from core.determinism import deterministic_errors, make_deterministic
+
+    make_deterministic(cfg.deterministic)  # before anything touches CUDA
     device = pick_device(cfg.device)
     dist, device = distributed.init_distributed(device)
     try:
@@ -132,10 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"
                   + (f"; {source.note}" if source.note else ""))
         for arch in cfg.models:
-            if cfg.folds:
-                cv.run_cv(arch, cfg, source, device, dist, cv_dir)
-            else:
-                fit(arch, cfg, source, device, dist, Resume(ckpt, run_folder(resume)) if ckpt else None)
+            with deterministic_errors():
+                if cfg.folds:
+                    cv.run_cv(arch, cfg, source, device, dist, cv_dir)
+                else:
+                    fit(arch, cfg, source, device, dist, Resume(ckpt, run_folder(resume)) if ckpt else None)
     finally:
         distributed.shutdown(dist)
     return 0
@@ -163,6 +177,7 @@ def resumed_config(ckpt: dict[str, Any], args: argparse.Namespace, path: Path) -
                               f"{display_name(args.model[0])} was asked for (-m); drop -m to resume it")
     check_fields(ckpt, path, training=True)
     saved = {f.name: ckpt["config"][f.name] for f in fields(TrainConfig) if f.name in ckpt["config"]}
+    saved.setdefault("augment", "rotate")  # runs from before --augment were all trained with rotate
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     for f in fields(TrainConfig):  # a damaged config must fail here, not deep inside training
         value, default = getattr(cfg, f.name), f.default

@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.errors import UserError
+from data.choices import AUGMENT_POLICIES
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
-RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile", "tensorboard")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile", "tensorboard",
+                    "deterministic")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class TrainConfig:
     balanced_sampler: bool = False
     folds: int = 0  # k-fold cross-validation over train+valid (core/cv.py); 0 = one train/valid split
     tensorboard: bool = False
+    augment: str | None = None  # rotate, upright, none; None until fit() fills in the layout's default
+    ema: bool = False
+    ema_decay: float = 0.999
+    deterministic: bool = False
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -65,6 +71,8 @@ def check_config(cfg: TrainConfig) -> None:
               (cfg.save_minutes >= 0, f"--save-minutes must be >= 0 (got {cfg.save_minutes})"),
               (0 <= cfg.freeze_epochs, f"--freeze-epochs must be >= 0 (got {cfg.freeze_epochs})"),
               (cfg.folds == 0 or cfg.folds >= 2, f"--folds must be at least 2 (got {cfg.folds})"),
+              (cfg.augment in (None, *AUGMENT_POLICIES), f"--augment must be one of {', '.join(AUGMENT_POLICIES)}"),
+              (0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1) (got {cfg.ema_decay})"),
               (cfg.backbone_lr_scale > 0, f"--backbone-lr-scale must be positive (got {cfg.backbone_lr_scale})")]
     for ok, message in checks:
         if not ok:

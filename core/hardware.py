@@ -35,7 +35,8 @@ def make_runtime(device: torch.device, amp: bool | None, channels_last: bool | N
     """AMP and channels_last default to on for CUDA, off elsewhere; bf16 where supported, else fp16."""
     cuda = device.type == "cuda"
     if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        # fixed input sizes: let cuDNN pick the fastest kernels (by timing them: not with --deterministic)
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     amp_dtype = None

@@ -25,12 +25,13 @@ TRAIN_FLAGS = (("epochs", "-e"), ("batch_size", "-b"), ("optimizer", "-o"), ("le
                ("data", "--data"), ("layout", "--layout"), ("split", "--split"), ("image_size", "--image-size"),
                ("head", "--head"), ("pretrained", "--pretrained"), ("freeze_epochs", "--freeze-epochs"),
                ("backbone_lr_scale", "--backbone-lr-scale"), ("class_weights", "--class-weights"),
-               ("seed", "--seed"), ("out", "--out"))
+               ("augment", "--augment"), ("ema_decay", "--ema-decay"), ("seed", "--seed"), ("out", "--out"))
 # (config.json key, value, flag) for the on/off settings
 TRAIN_SWITCHES = (("zero_init_residual", True, "--zero-init-residual"),
                   ("balanced_sampler", True, "--balanced-sampler"), ("amp", True, "--amp"), ("amp", False, "--no-amp"),
                   ("channels_last", True, "--channels-last"), ("channels_last", False, "--no-channels-last"),
-                  ("compile", True, "--compile"), ("sync_bn", True, "--sync-bn"), ("cache", False, "--no-cache"))
+                  ("compile", True, "--compile"), ("sync_bn", True, "--sync-bn"), ("cache", False, "--no-cache"),
+                  ("ema", True, "--ema"), ("deterministic", True, "--deterministic"))
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1f2328;
   line-height:1.5;max-width:1120px;margin:2rem auto;padding:0 1.5rem;background:#fff}
@@ -69,6 +70,7 @@ class RunReport:
     train_command: str
     command_rebuilt: bool  # True when config.json had no "command"
     eval_command: str
+    augment: str = "rotate"  # the augmentation policy (runs from before --augment all rotated)
 
 
 def describe_run(run: Path) -> RunReport:
@@ -86,7 +88,8 @@ def describe_run(run: Path) -> RunReport:
         best_epoch=int(history["epoch"][best]) if best is not None else None,
         metrics=read_metrics(run / "eval"), figures=eval_figures(run / "eval"),
         train_command=command or train_command(cfg, run), command_rebuilt=not command,
-        eval_command=eval_command(run))
+        eval_command=eval_command(run),
+        augment=str(cfg.get("augment") or "rotate") + (" + EMA" if cfg.get("ema") else ""))
 
 
 def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
@@ -159,12 +162,12 @@ def missing_eval(run: Path) -> str:
 
 
 def run_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
-    headers = ["Run", "Model", "Pretrained", "Epochs", "Batch", "Optimizer", "Learning rate", "Best valid acc",
-               "at epoch"]
+    headers = ["Run", "Model", "Pretrained", "Augment", "Epochs", "Batch", "Optimizer", "Learning rate",
+               "Best valid acc", "at epoch"]
     rows = []
     for r in reports:
         planned = f" of {r.epochs_planned}" if r.epochs_planned not in (None, r.epochs_run) else ""
-        rows.append([r.path.name, r.model, r.pretrained, f"{r.epochs_run}{planned}", show(r.batch_size),
+        rows.append([r.path.name, r.model, r.pretrained, r.augment, f"{r.epochs_run}{planned}", show(r.batch_size),
                      show(r.optimizer), show(r.learning_rate),
                      f"{r.best_acc:.2%}" if r.best_acc is not None else "no finished epoch",
                      str(r.best_epoch) if r.best_epoch is not None else "-"])

@@ -21,6 +21,7 @@ import data
 from core import distributed, engine
 from core.checkpoint import CheckpointError, preprocess_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from core.config import TrainConfig
+from core.ema import ModelEMA
 from core.errors import UserError
 from core.hardware import make_runtime, out_of_memory_message
 from core.pretrained import load_pretrained
@@ -69,6 +70,11 @@ class Run:
     counters: Counters
     last_save: float = field(default_factory=time.monotonic)
     tb: Any = None  # core.tensorboard.TensorBoardLog with --tensorboard (main process only)
+    ema: ModelEMA | None = None  # with --ema: what is validated and saved in best.pt
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        return self.ema.module if self.ema else self.raw
 
     @property
     def steps(self) -> int:
@@ -79,7 +85,8 @@ class Run:
         learner = self.learner
         return {**self.meta, "model": self.raw.state_dict(), "optimizer": learner.optimizer.state_dict(),
                 "scaler": learner.scaler.state_dict(), "rng": rng_state(),
-                **{k: getattr(self.counters, k) for k in COUNTERS}, "sums": sums.state_dict() if sums else None}
+                **{k: getattr(self.counters, k) for k in COUNTERS}, "sums": sums.state_dict() if sums else None,
+                **({"ema": self.ema.state_dict()} if self.ema else {})}
 
     def save_last(self, sums: engine.EpochSums | None, extra: dict[str, Any] | None = None) -> None:
         save_checkpoint({**self.snapshot(sums), **(extra or {})}, self.run_dir / "last.pt")
@@ -89,6 +96,7 @@ class Run:
 def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.device, dist: distributed.Dist,
         resume: Resume | None) -> Path:
     """Train one architecture for cfg.epochs, writing the run folder as it goes; returns it."""
+    cfg = replace(cfg, augment=cfg.augment or data.default_augment(source.layout))  # stored as chosen
     run = setup(arch, cfg, source, device, dist, resume)
     stop = StopSignal()  # before the first print, so a signal from now on saves last.pt
     if dist.is_main:
@@ -119,6 +127,8 @@ def train_epoch(run: Run, epoch: int, sums: engine.EpochSums, stop: StopSignal) 
     cfg, steps = run.cfg, run.steps
 
     def after_step(done: int, sums: engine.EpochSums) -> bool:
+        if run.ema:
+            run.ema.update(run.raw, epoch * steps + done - 1)
         stopping = stop.requested(run.dist, done, run.learner.rt.device)
         if run.tb:
             run.tb.step(epoch * steps + done, run.schedule(epoch * steps + done - 1), sums.loss, sums.seen)
@@ -150,17 +160,18 @@ def end_epoch(run: Run, epoch: int, sums: engine.EpochSums) -> None:
     if run.dist.is_main:
         write_history(run.run_dir, c.history)
         if best:
-            save_checkpoint({**run.snapshot(None), "valid": row}, run.run_dir / "best.pt")
+            weights = {"model": run.ema.state_dict()} if run.ema else {}  # eval.py reads "model"
+            save_checkpoint({**run.snapshot(None), **weights, "valid": row}, run.run_dir / "best.pt")
         run.save_last(None, {"valid": row})
         print(epoch_line(row, run.cfg.epochs, best), flush=True)
 
 
 def validate(run: Run, sums: engine.EpochSums, epoch: int) -> dict[str, float]:
     """Validate and reduce the epoch's sums over all processes into one history row."""
-    distributed.average_buffers(run.raw, run.dist)
+    distributed.average_buffers(run.evaluated, run.dist)
     n = run.meta["num_classes"]
     confusion = torch.zeros(n, n, dtype=torch.int64, device=run.learner.rt.device) if run.cfg.tensorboard else None
-    valid = engine.evaluate(run.raw, run.valid_loader, run.eval_tf, run.learner.rt, confusion=confusion)
+    valid = engine.evaluate(run.evaluated, run.valid_loader, run.eval_tf, run.learner.rt, confusion=confusion)
     totals = torch.stack([sums.loss, sums.correct.double(), sums.seen.double(), *(v.double() for v in valid)])
     loss, correct, seen, vloss, vcorrect, vseen = distributed.all_reduce_sum(totals, run.dist).tolist()
     row = {"epoch": epoch + 1, "train_loss": loss / seen, "train_acc": correct / seen,
@@ -214,12 +225,13 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
     weights = data.class_weights(source.splits["train"].labels, cfg.class_weights, num_classes=len(source.classes))
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if cfg.class_weights != "none" else None,
                                         label_smoothing=cfg.label_smoothing)
-    learner = engine.Learner(model, loss_fn, optimizer, scaler, data.BatchTransform(prep, train=True).to(device), rt,
-                             show_progress=dist.is_main)
+    augment = data.BatchTransform(prep, train=True, policy=cfg.augment).to(device)
+    learner = engine.Learner(model, loss_fn, optimizer, scaler, augment, rt, show_progress=dist.is_main)
     steps = len(train_loader)
     schedule = engine.lr_schedule(cfg.scheduler, cfg.learning_rate, cfg.epochs * steps,
                                   round(cfg.warmup_epochs * steps))
-    counters = restore(resume, raw, optimizer, scaler, device) if resume else Counters()
+    ema = ModelEMA(raw, cfg.ema_decay) if cfg.ema else None
+    counters = restore(resume, (raw, ema), optimizer, scaler, device) if resume else Counters()
     run_dir = resume.run_dir if resume else new_run_dir(cfg, arch, dist)
     meta = {"arch": arch, "model_options": {"head": cfg.head}, "num_classes": len(source.classes),
             "classes": list(source.classes), "task": source.task, "preprocess": prep.to_dict(),
@@ -230,7 +242,8 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
 
         tb = TensorBoardLog(run_dir, source.classes, steps, start_step=counters.epoch * steps + counters.step)
     return Run(arch, cfg, run_dir, raw, learner, train_loader, valid_loader,
-               data.BatchTransform(prep, train=False).to(device), schedule, dist, meta, counters, tb=tb)
+               data.BatchTransform(prep, train=False).to(device), schedule, dist, meta, counters, tb=tb,
+               ema=ema)
 
 
 def announce(run: Run, source: data.DataSource) -> None:
@@ -240,7 +253,9 @@ def announce(run: Run, source: data.DataSource) -> None:
     link_latest(Path(cfg.out), run.run_dir)
     print(f"{display_name(run.arch)}: {sum(p.numel() for p in run.raw.parameters()):,} parameters, "
           f"{run.steps} steps/epoch on {rt.device}{' x' + str(dist.world_size) if dist.enabled else ''}"
-          f"{', AMP ' + str(rt.amp_dtype).removeprefix('torch.') if rt.amp_dtype else ''}; run folder {run.run_dir}")
+          f"{', AMP ' + str(rt.amp_dtype).removeprefix('torch.') if rt.amp_dtype else ''}; augment {cfg.augment}"
+          f"{', EMA ' + format(cfg.ema_decay, 'g') if cfg.ema else ''}{', deterministic' if cfg.deterministic else ''}"
+          f"; run folder {run.run_dir}")
 
 
 def make_loaders(train_set: data.ImageDataset, valid_set: data.ImageDataset, cfg: TrainConfig,
@@ -278,12 +293,15 @@ def make_model(arch: str, num_classes: int, cfg: TrainConfig, rt: engine.Runtime
     return raw, model
 
 
-def restore(resume: Resume, raw: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def restore(resume: Resume, models: tuple[torch.nn.Module, ModelEMA | None], optimizer: torch.optim.Optimizer,
             scaler: torch.amp.GradScaler, device: torch.device) -> Counters:
-    """Load a training state into model, optimizer, scaler and the RNGs; returns the loop's counters."""
+    """Load a training state into model (and its EMA), optimizer, scaler and the RNGs; returns the counters."""
     ckpt = resume.ckpt
+    raw, ema = models
     try:
         raw.load_state_dict(ckpt["model"])
+        if ema:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         if ckpt["sums"] is not None:

@@ -18,10 +18,10 @@ from typing import Any
 
 # name -> module. Loaded on first use, so that a script's --help does not wait for torch.
 _EXPORTS = {
-    "augment": ("BatchTransform", "COLOUR_JITTER", "sampling_grid"),
+    "augment": ("BatchTransform", "COLOUR_JITTER", "default_augment", "sampling_grid"),
     "cache": ("ImageDataset", "build_cache"),
     "cells": ("LEUKEMIA_CLASSES",),
-    "choices": ("LAYOUTS", "SPLIT_METHODS"),
+    "choices": ("AUGMENT_POLICIES", "LAYOUTS", "SPLIT_METHODS"),
     "layouts": ("open_data",),
     "loader": ("BatchLoader", "CLASS_WEIGHTINGS", "ShardedBatchSampler", "class_weights", "make_loader"),
     "preprocess": ("IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESS_MODES", "Preprocess", "fundus_box", "load_image"),

@@ -6,10 +6,21 @@ import math
 import torch
 import torch.nn.functional as F
 
+from data.choices import AUGMENT_POLICIES
 from data.preprocess import Preprocess
 
+# AUGMENT_POLICIES, what may change an image without changing its class: "rotate" (no "up": cells,
+# fundus photos) turns by any angle and flips; "upright" (chest X-rays, text, handwriting) only tilts by
+# UPRIGHT_DEGREES; "none" only normalises.
+UPRIGHT_DEGREES = 10.0
+ROTATE_LAYOUTS = ("lab", "kaggle", "retina-lab", "retina-kaggle")  # cells and fundus photos
 COLOUR_JITTER = {"center": (0.2, 0.2, 0.2, 0.04),  # BatchTransform's brightness, contrast, saturation, hue
                  "fundus": (0.1, 0.1, 0.1, 0.02)}  # mild: lesion colour (red bleeds, yellow exudates) is the signal
+
+
+def default_augment(layout: str) -> str:
+    """The policy a layout gets unless --augment says otherwise: rotate for cells and fundus, else upright."""
+    return "rotate" if layout in ROTATE_LAYOUTS else "upright"
 
 
 def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -35,17 +46,22 @@ _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0
 class BatchTransform(torch.nn.Module):
     """uint8 batch on the device -> normalised float batch; random per-sample augmentation if ``train``.
 
-    Training draws, per sample, from the global torch RNG: flips, a rotation by any angle, a
+    Training draws, per sample, from the global torch RNG: with ``policy`` "rotate", flips and a
+    rotation by any angle; with "upright", a rotation within +-UPRIGHT_DEGREES and no flips; then a
     scale and a shift (one affine warp, zeros = black outside), then brightness, contrast,
-    saturation and hue (one 3x3 colour matrix plus an offset). Without host syncs. Colour
-    strengths left as None come from COLOUR_JITTER for ``prep.mode``: milder for fundus photos.
+    saturation and hue (one 3x3 colour matrix plus an offset). "none" only normalises. Without
+    host syncs. Colour strengths left as None come from COLOUR_JITTER for ``prep.mode``: milder
+    for fundus photos.
     """
 
     def __init__(self, prep: Preprocess, train: bool, scale: tuple[float, float] = (0.9, 1.1),
                  translate: float = 0.05, brightness: float | None = None, contrast: float | None = None,
-                 saturation: float | None = None, hue: float | None = None) -> None:
+                 saturation: float | None = None, hue: float | None = None, policy: str = "rotate") -> None:
         super().__init__()
-        self.augment = train
+        if policy not in AUGMENT_POLICIES:
+            raise ValueError(f"unknown augmentation policy {policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}")
+        self.policy = policy
+        self.augment = train and policy != "none"
         self.scale, self.translate = scale, translate
         given = (brightness, contrast, saturation, hue)
         defaults = COLOUR_JITTER.get(prep.mode, COLOUR_JITTER["center"])
@@ -79,8 +95,12 @@ class BatchTransform(torch.nn.Module):
         # Cells and fundus photos have no "up": any angle is valid (both are standard for DR). A
         # vertical flip is a horizontal one plus a 180 degree turn, so with uniform angles the second
         # flip adds nothing, and harms nothing either; it is kept so that existing seeds reproduce.
+        # "upright" draws the same numbers (one code path) and maps them to a small tilt, no flips.
         angle = torch.rand(n, device=device) * (2 * math.pi)
         flips = torch.randint(0, 2, (n, 2), device=device).float() * 2 - 1
+        if self.policy == "upright":
+            angle = (angle / math.pi - 1) * math.radians(UPRIGHT_DEGREES)
+            flips = torch.ones_like(flips)
         scale = torch.empty(n, device=device).uniform_(*self.scale)
         shift = (torch.rand(n, 2, 1, device=device) * 2 - 1) * (2 * self.translate)  # the grid spans 2 units
         cos, sin = angle.cos(), angle.sin()

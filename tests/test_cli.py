@@ -87,8 +87,8 @@ def test_plot_writes_accuracy_figure(run: Path) -> None:
 
 
 def test_same_seed_gives_the_same_history(lab_data: Path, tmp_path: Path) -> None:
-    a = pd.read_csv(train(lab_data, tmp_path / "a", "--name", "x") / "x" / "history.csv")
-    b = pd.read_csv(train(lab_data, tmp_path / "b", "--name", "x") / "x" / "history.csv")
+    a = pd.read_csv(train(lab_data, tmp_path / "a", "--name", "x", "--device", "cpu") / "x" / "history.csv")
+    b = pd.read_csv(train(lab_data, tmp_path / "b", "--name", "x", "--device", "cpu") / "x" / "history.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
 
 

@@ -74,8 +74,8 @@ def storage(tmp_path: Path) -> Path:
 
 def test_every_run_is_listed_with_its_best_valid_accuracy_and_epoch(storage: Path) -> None:
     markdown, page = build(storage)
-    assert table_row(markdown, "A")[1:] == ["ResNet18", "no", "3", "8", "sgd", "0.05", "75.00%", "2"]
-    assert table_row(markdown, "B")[1:] == ["ResNet34", "no", "2", "8", "adamw", "0.001", "90.00%", "2"]
+    assert table_row(markdown, "A")[1:] == ["ResNet18", "no", "rotate", "3", "8", "sgd", "0.05", "75.00%", "2"]
+    assert table_row(markdown, "B")[1:] == ["ResNet34", "no", "rotate", "2", "8", "adamw", "0.001", "90.00%", "2"]
     assert "75.00%" in page and "90.00%" in page
 
 
@@ -137,6 +137,15 @@ def test_a_rebuilt_command_gives_train_py_the_same_settings(storage: Path) -> No
     for key in ("epochs", "batch_size", "optimizer", "learning_rate", "weight_decay", "data", "image_size",
                 "zero_init_residual", "seed", "channels_last", "cache", "out", "amp"):
         assert getattr(cfg, key) == expected[key], key
+
+
+def test_the_augmentation_policy_and_ema_are_shown_and_reproduced(tmp_path: Path) -> None:
+    make_run(tmp_path, "U", [0.5], {**CONFIG, "augment": "upright", "ema": True, "ema_decay": 0.99})
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "U")[3] == "upright + EMA"
+    command = next(line for line in markdown.splitlines() if line.startswith("python train.py"))
+    cfg = train_script.config_from_args(train_script.get_args_parser().parse_args(shlex.split(command)[2:]))
+    assert (cfg.augment, cfg.ema, cfg.ema_decay) == ("upright", True, 0.99)
 
 
 def test_the_eval_command_repeats_the_grad_cam_count(storage: Path) -> None:

@@ -14,7 +14,12 @@ import torch
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from conftest import ROOT, write_lab_dataset
 
-ARGS = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "2", "--seed", "3", "--workers", "0"]
+# --device cpu: the histories are compared exactly (on a GPU that needs --deterministic: see DEVICES)
+ARGS = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "2", "--seed", "3", "--workers", "0",
+        "--device", "cpu"]
+DEVICES = [pytest.param([], id="cpu"),
+           pytest.param(["--device", "cuda", "--deterministic"], id="cuda-deterministic",
+                        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +45,13 @@ def history(run: Path) -> pd.DataFrame:
     return pd.read_csv(run / "history.csv").drop(columns="seconds")
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
-    full = start(data, tmp_path / "full", "--name", "run", "--save-every", "1")
+@pytest.mark.parametrize("device", DEVICES)
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(data: Path, tmp_path: Path,
+                                                                  device: list[str]) -> None:
+    full = start(data, tmp_path / "full", "--name", "run", "--save-every", "1", *device)
     assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
 
-    proc = start(data, tmp_path / "killed", "--name", "run", "--save-every", "1")
+    proc = start(data, tmp_path / "killed", "--name", "run", "--save-every", "1", *device)
     wait_for(tmp_path / "killed" / "run" / "last.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
