@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(source.classes) != len(classes):
         raise CheckpointError(f"{first.path} predicts {len(classes)} classes ({', '.join(classes)}) but the data "
                               f"at {source.root} has {len(source.classes)} ({', '.join(source.classes)})")
+    if rule and len(classes) != 2:
+        raise UserError(f"--threshold needs two classes; this model has {len(classes)} (the arg-max decides)")
     out = Path(args.output) if args.output else default_output(members)
     out.mkdir(parents=True, exist_ok=True)
     options = PredictOptions(args.batch_size, args.workers, args.tta,

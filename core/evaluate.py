@@ -155,8 +155,6 @@ def operating_settings(out: Path, valid: tuple[np.ndarray, np.ndarray] | None, c
 
     if (calibrate or rule) and (valid is None or (valid[1] < 0).any()):
         raise UserError("--calibrate and --threshold are fitted on the valid split, which has no labels here")
-    if rule and len(classes) != 2:
-        raise UserError(f"--threshold needs two classes; this model has {len(classes)} (the arg-max decides)")
     temperature = None
     if calibrate:
         probs, labels = valid
