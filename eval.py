@@ -1,8 +1,11 @@
-"""Evaluate saved weights: metrics, confusion matrix, and the Kaggle submission CSV.
+"""Evaluate saved weights: metrics with 95% intervals, per patient, operating point, calibration, Kaggle CSV.
 
     python eval.py -m storage/latest                       # valid metrics + this model's test CSV
     python eval.py -m storage/ResNet50-.../best.pt --split resnet_50_test
     python eval.py -m storage/latest --split valid --tta   # average over flips
+    python eval.py -m storage/latest --threshold youden --calibrate
+    python eval.py -m storage/ResNet18-... storage/ResNet50-...   # an ensemble
+    python eval.py -m storage/ResNet18-cv5-...             # a CV run: its fold models averaged
 """
 from __future__ import annotations
 
@@ -22,20 +25,32 @@ if TYPE_CHECKING:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model_path", required=True,
-                   help="checkpoint (.pt), run folder (uses best.pt) or 'latest'")
-    p.add_argument("--data", help="data root (default: the one the model was trained on)")
+    p.add_argument("-m", "--model_path", required=True, nargs="+",
+                   help="checkpoint (.pt), run folder (uses best.pt) or 'latest'; several: an ensemble that "
+                        "averages their probabilities (same classes; each keeps its own preprocessing)")
+    p.add_argument("--data", help="data root (default: the one the (first) model was trained on)")
     p.add_argument("--split", nargs="+", default=["auto"],
-                   help="valid, test, a test CSV such as resnet_18_test.csv, or 'all'; default: valid and "
-                        "the test list for this architecture (resnet_18_test.csv for ResNet18, ...)")
+                   help="valid, test (in the lab layout: this architecture's test list), a test CSV such as "
+                        "resnet_18_test.csv, or 'all'; default: valid and this architecture's test list")
     p.add_argument("-b", "--batch_size", type=int, default=64, help="default 64")
     p.add_argument("-c", "--use_cpu", action="store_true", help="run on the CPU")
     p.add_argument("-d", "--use_device", help="device: a GPU number (0, 1, ...) or cpu/cuda:N/mps")
     p.add_argument("--tta", action="store_true", help="average predictions over the three flips")
-    p.add_argument("--output", help="output folder (default <run folder>/eval/)")
+    p.add_argument("--output", help="output folder (default <run folder>/eval/; an ensemble: "
+                                    "storage/ensemble-<run1>+<run2>...)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="bootstrap resamples for the 95%% intervals (default 2000; 0: off); patients are "
+                        "resampled where file names carry patient ids, images otherwise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--threshold", metavar="RULE",
+                   help="two classes: youden, sens=0.95 or a probability, chosen on valid, saved in the output "
+                        "folder and applied to every split and the Kaggle CSV (later runs reuse it; default 0.5)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a temperature on valid, save it, and apply it to the probabilities written "
+                        "(predictions unchanged; later runs reuse it)")
     p.add_argument("--cam", type=cam_count, default=0, metavar="N",
                    help="also save <split>_gradcam.png per labelled split: Grad-CAM of the N most confident "
-                        "mistakes and N correct images per class (default 0: off)")
+                        "mistakes and N correct images per class (default 0: off; single models only)")
     p.add_argument("--folds-separately", action="store_true",
                    help="for a cross-validation run (train.py --folds K): evaluate each fold model alone "
                         "into <run>/fold_<k>/eval/ instead of their ensemble")
@@ -49,87 +64,97 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"-b/--batch_size must be at least 1 (got {args.batch_size})")
-    import torch  # after parsing, so that --help is instant
-
-    from core import cv, engine
-    from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
-                                 preprocess_from_checkpoint, resolve_checkpoint)
-    from core.gradcam import save_cam_grid
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {args.bootstrap})")
+    from core import calibration, cv, threshold  # torch loads here, after parsing, so that --help is instant
+    from core.checkpoint import CheckpointError
+    from core.ensemble import PredictOptions, default_output, describe, ensemble_name, load_members, predict_split
+    from core.evaluate import EvalSettings, operating_settings, write_split
     from core.hardware import make_runtime, pick_device
-    from core.runs import pick_run
+    from core.runs import pick_run, write_json
 
-    run = pick_run(args.model_path)  # 'latest' or a folder of runs -> one run, said once
-    cv_dir = cv.cv_folder(run)  # a CV run: its fold models averaged, or one by one
-    if cv_dir is not None:
-        return evaluate_cv(cv_dir, args, list(sys.argv[1:] if argv is None else argv))
+    specs = [pick_run(p) for p in args.model_path]  # 'latest' or a folder of runs -> one run, said once
+    cv_dir = cv.cv_folder(specs[0]) if len(specs) == 1 else None
+    if cv_dir and args.folds_separately:
+        return evaluate_folds(cv_dir, args, list(sys.argv[1:] if argv is None else argv))
     if args.folds_separately:
-        raise UserError(f"--folds-separately needs a cross-validation run (train.py --folds K); "
-                        f"{args.model_path} is not one")
-    path = resolve_checkpoint(run, prefer="best.pt")
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, path)
-    prep = preprocess_from_checkpoint(ckpt, path)
-    config = ckpt.get("config", {})
-    classes = tuple(map(str, ckpt.get("classes") or range(ckpt["num_classes"])))
-    source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
-                            config.get("split", "patient"), seed=config.get("seed", 0))
-    source = cv.fold_view(path, source)  # a fold model of a CV run validates on its own fold
-    if len(source.classes) != len(classes):
-        raise CheckpointError(f"{path} predicts {len(classes)} classes ({', '.join(classes)}) but the data at "
-                              f"{source.root} has {len(source.classes)} ({', '.join(source.classes)})")
+        raise UserError(f"--folds-separately needs one cross-validation run (train.py --folds K); "
+                        f"{' '.join(args.model_path)} is not one")
+    rule = threshold.check_rule(args.threshold) if args.threshold else None
+    if cv_dir and (rule or args.calibrate):
+        raise UserError("--threshold and --calibrate are fitted on valid, which a CV run pools into its folds; "
+                        "use them with --folds-separately")
     device = pick_device("cpu" if args.use_cpu else device_name(args.use_device))
     rt = make_runtime(device, amp=None, channels_last=None)
-    model = model.to(device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
-    out = Path(args.output) if args.output else path.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(config.get("out", "storage")) / "cache" if args.cache else None
-    name = display_name(ckpt["arch"])
-    print(f"{name} from {path} (epoch {ckpt.get('epoch', '?')}) on {device}; outputs in {out}/")
-    for split in choose_splits(source, args.split, ckpt["arch"]):
-        loader = data.make_loader(data.ImageDataset(split, prep, cache_dir), args.batch_size, shuffle=False,
-                                  workers=args.workers, pin_memory=device.type == "cuda")
-        probs, labels = engine.predict(model, loader, data.BatchTransform(prep, train=False).to(device), rt, args.tta)
-        write_outputs(out, split, probs, labels, classes, f"{name} - {split.name}")
-        if args.cam and split.labels is not None:
-            grid = save_cam_grid(model, loader.dataset, prep, probs, classes, args.cam,
-                                 out / f"{split.name}_gradcam.png", f"{name} - {split.name}")
-            print(f"{split.name}: Grad-CAM grid -> {grid}")
-    return 0
-
-
-def evaluate_cv(cv_dir: Path, args: argparse.Namespace, argv: list[str]) -> int:
-    """The K fold models of a CV run: averaged probabilities on the test lists, or each fold alone."""
-    from core import cv
-    from core.checkpoint import load_checkpoint
-    from core.hardware import pick_device
-
-    checkpoints = cv.fold_checkpoints(cv_dir)
-    if args.folds_separately:
-        rest = [a for a in argv if a != "--folds-separately"]  # a later -m/--output wins in argparse
-        for path in checkpoints:
-            main([*rest, "-m", str(path), *(["--output", str(Path(args.output) / path.parent.name)]
-                                              if args.output else [])])
-        return 0
-    ckpt = load_checkpoint(checkpoints[0])
-    config, classes = ckpt.get("config", {}), tuple(map(str, ckpt.get("classes") or range(ckpt["num_classes"])))
+    members = load_members(cv.fold_checkpoints(cv_dir) if cv_dir else specs, rt)
+    first, classes = members[0], members[0].classes
+    name = cv_dir.name if cv_dir else ensemble_name(members)
+    config = first.config
     source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
                             config.get("split", "patient"), seed=config.get("seed", 0))
-    # valid and train are pooled into the folds: every image there trained K-1 of the models
-    splits = [s for s in choose_splits(source, args.split, ckpt["arch"]) if s.name not in ("train", "valid")]
-    if not splits:
-        raise UserError(f"{source.root} has no test list to ensemble the folds on; the valid scores of each fold "
-                        f"are in {cv_dir / 'cv_summary.csv'} (or use --folds-separately)")
-    device = pick_device("cpu" if args.use_cpu else device_name(args.use_device))
-    out = Path(args.output) if args.output else cv_dir / "eval"
+    source = cv.fold_view(first.path, source) if len(members) == 1 else source  # a fold model: its own fold
+    if len(source.classes) != len(classes):
+        raise CheckpointError(f"{first.path} predicts {len(classes)} classes ({', '.join(classes)}) but the data "
+                              f"at {source.root} has {len(source.classes)} ({', '.join(source.classes)})")
+    if rule and len(classes) != 2:
+        raise UserError(f"--threshold needs two classes; this model has {len(classes)} (the arg-max decides)")
+    out = Path(args.output) if args.output else cv_dir / "eval" if cv_dir else default_output(members)
     out.mkdir(parents=True, exist_ok=True)
-    options = cv.PredictOptions(device, args.batch_size, args.tta,
-                                Path(config.get("out", "storage")) / "cache" if args.cache else None, args.workers)
-    name = f"{display_name(ckpt['arch'])} {len(checkpoints)}-fold ensemble"
-    print(f"{name} from {cv_dir} on {device}; outputs in {out}/")
+    options = PredictOptions(args.batch_size, args.workers, args.tta,
+                             Path(config.get("out", "storage")) / "cache" if args.cache else None)
+    title = display_name(first.arch) if len(members) == 1 else \
+        f"{display_name(first.arch)} {len(members)}-fold ensemble" if cv_dir else name
+    print(f"{title} from {', '.join(str(m.path) for m in members)} (epoch "
+          f"{', '.join(str(m.epoch) for m in members)}) on {device}; outputs in {out}/")
+    if len(members) > 1:
+        write_json(out / "ensemble.json", {"name": name, "members": describe(members)})
+    splits = choose_splits(source, args.split, first.arch)
+    if cv_dir:  # train and valid are pooled into the folds: every image there trained K-1 of the models
+        splits = [s for s in splits if s.name not in ("train", "valid")]
+        if not splits:
+            raise UserError(f"{source.root} has no test list to ensemble the folds on; the valid scores of each "
+                            f"fold are in {cv_dir / 'cv_summary.csv'} (or use --folds-separately)")
+    if (args.calibrate or rule) and "valid" not in [s.name for s in splits]:
+        splits.insert(0, source.splits["valid"])  # the operating point and temperature are fitted there
+    predicted = {s.name: predict_split(members, s, options, rt) for s in splits}
+    valid = predicted.get("valid") if "valid" in source.splits and source.splits["valid"].labels is not None \
+        else None
+    temperature, cut = operating_settings(out, valid, args.calibrate, rule, classes)
+    settings = EvalSettings(out, classes, name, title, cut, temperature, args.bootstrap, args.seed)
     for split in splits:
-        probs, labels = cv.ensemble_predict(checkpoints, split, options)
-        write_outputs(out, split, probs, labels, classes, f"{name} - {split.name}")
+        probs, labels = predicted[split.name]
+        if temperature:
+            probs = calibration.scale(probs, temperature)
+        write_split(split, probs, labels, settings)
+        if args.cam and split.labels is not None:
+            cam_grid(members, split, probs, args.cam, options.cache_dir, out)
     return 0
+
+
+def evaluate_folds(cv_dir: Path, args: argparse.Namespace, argv: list[str]) -> int:
+    """--folds-separately: eval.py on each fold model of a CV run, each validated on its own fold."""
+    from core import cv
+
+    rest = [a for a in argv if a != "--folds-separately"]  # a later -m/--output wins in argparse
+    for path in cv.fold_checkpoints(cv_dir):
+        main([*rest, "-m", str(path), *(["--output", str(Path(args.output) / path.parent.name)]
+                                          if args.output else [])])
+    return 0
+
+
+def cam_grid(members: list, split: data.Split, probs: np.ndarray, count: int, cache_dir: Path | None,
+             out: Path) -> None:
+    """Grad-CAM of a single model (an ensemble has no single map to show)."""
+    from core.gradcam import save_cam_grid
+
+    if len(members) > 1:
+        print(f"{split.name}: no Grad-CAM for an ensemble; run eval.py --cam on each member")
+        return
+    member = members[0]
+    dataset = data.ImageDataset(split, member.prep, cache_dir)
+    grid = save_cam_grid(member.model, dataset, member.prep, probs, member.classes, count,
+                         out / f"{split.name}_gradcam.png", f"{display_name(member.arch)} - {split.name}")
+    print(f"{split.name}: Grad-CAM grid -> {grid}")
 
 
 def device_name(use_device: str | None) -> str:
@@ -143,40 +168,15 @@ def choose_splits(source: data.DataSource, wanted: list[str], arch: str) -> list
     """The splits to evaluate; 'auto' = valid + this architecture's test list (or every test list)."""
     if wanted == ["all"]:
         return [s for name, s in source.splits.items() if name != "train"]
+    own_name = f"resnet_{arch.removeprefix('resnet')}_test"
     if wanted != ["auto"]:
-        return [source.split(name) for name in wanted]
+        # In the lab layout "test" means this architecture's own list (resnet_18_test.csv for ResNet18).
+        own_test = lambda n: own_name if n == "test" and "test" not in source.splits and own_name in source.splits \
+            else n  # noqa: E731
+        return [source.split(own_test(name)) for name in wanted]
     tests = [s for name, s in source.splits.items() if name not in ("train", "valid")]
-    own = [s for s in tests if s.name == f"resnet_{arch.removeprefix('resnet')}_test"]
+    own = [s for s in tests if s.name == own_name]
     return [source.splits["valid"], *(own or tests)]
-
-
-def write_outputs(out: Path, split: data.Split, probs: np.ndarray, labels: np.ndarray,
-                  classes: tuple[str, ...], title: str) -> None:
-    """Probabilities CSV always; Kaggle CSV for test lists; metrics and confusion matrix when labelled."""
-    import pandas as pd
-
-    from core.metrics import classification_metrics, confusion, format_metrics, save_confusion_png
-    from core.runs import write_json, write_text_atomic
-
-    preds = probs.argmax(1)
-    table = pd.DataFrame({"ID": split.ids, **{f"prob_{c}": probs[:, i] for i, c in enumerate(classes)},
-                          "pred": preds})
-    write_text_atomic(out / f"{split.name}_probs.csv", table.to_csv(index=False))
-    if split.name not in ("train", "valid"):
-        submission = out / f"{split.name}_submission.csv"
-        write_text_atomic(submission, pd.DataFrame({"ID": split.ids, "label": preds}).to_csv(index=False))
-        print(f"{split.name}: Kaggle submission ({len(preds)} rows) -> {submission}")
-    if split.labels is None:
-        return
-    m = classification_metrics(labels, probs, classes)
-    counts, normalised = confusion(labels, preds, len(classes))
-    m["confusion"], m["confusion_normalised"] = counts.tolist(), normalised.round(4).tolist()
-    write_json(out / f"{split.name}_metrics.json", m)
-    frame = pd.DataFrame(counts, index=[f"true {c}" for c in classes], columns=[f"pred {c}" for c in classes])
-    write_text_atomic(out / f"{split.name}_confusion.csv", frame.to_csv())
-    save_confusion_png(counts, normalised, classes, f"{title} (accuracy {m['accuracy']:.2%})",
-                       out / f"{split.name}_confusion.png")
-    print(format_metrics(m, f"{split.name}:"))
 
 
 if __name__ == "__main__":

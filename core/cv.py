@@ -14,21 +14,19 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 import data
-from core import distributed, engine
-from core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint
+from core import distributed
+from core.checkpoint import CheckpointError, load_checkpoint
 from core.config import TrainConfig
 from core.cvsummary import FOLD_DIR, format_table, write_summary
 from core.errors import UserError
-from core.hardware import make_runtime
 from core.runs import is_cv_run, pick_run, link_latest, read_config, write_json, write_text_atomic
 from core.trainer import Resume, fit, new_run_dir
 from data.folds import assign_folds, describe_folds, fold_source, pooled, read_folds
@@ -177,35 +175,3 @@ def check_same_images(table: pd.DataFrame, source: data.DataSource, path: Path) 
     if set(table["path"]) != now:
         raise UserError(f"{path}: the data changed since this CV run started ({len(now)} images now, "
                         f"{len(table)} in its folds); start a new run")
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """How to run the fold models: device, batch size, flips, decoded-image cache, loader processes."""
-
-    device: torch.device
-    batch_size: int = 64
-    tta: bool = False
-    cache_dir: Path | None = None
-    workers: int = 0
-
-
-def ensemble_predict(checkpoints: list[Path], split: data.Split,
-                     options: PredictOptions) -> tuple[np.ndarray, np.ndarray]:
-    """The fold models' softmax probabilities averaged (N x C), and the split's labels.
-
-    Each fold model uses its own preprocessing (crop and mean/std were measured on its own training folds).
-    """
-    total, labels = None, None
-    rt = make_runtime(options.device, amp=None, channels_last=None)
-    for path in checkpoints:
-        ckpt = load_checkpoint(path)
-        prep = preprocess_from_checkpoint(ckpt, path)
-        model = model_from_checkpoint(ckpt, path).to(
-            options.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
-        loader = data.make_loader(data.ImageDataset(split, prep, options.cache_dir), options.batch_size,
-                                  shuffle=False, workers=options.workers, pin_memory=options.device.type == "cuda")
-        probs, labels = engine.predict(model, loader, data.BatchTransform(prep, train=False).to(options.device), rt,
-                                       options.tta)
-        total = probs if total is None else total + probs
-    return total / len(checkpoints), labels

@@ -20,13 +20,15 @@ from sklearn.metrics import (
 )
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                           preds: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1, weighted F1, macro recall, ROC-AUC or kappa.
 
-    ``probs`` is N x C (softmax outputs); the prediction is its arg-max.
+    ``probs`` is N x C (softmax outputs); the prediction is ``preds`` if given (an operating
+    threshold), else the arg-max.
     Weighted F1 is the C-NMC 2019 challenge metric; quadratic weighted kappa suits ordinal grades.
     """
-    preds = probs.argmax(axis=1)
+    preds = probs.argmax(axis=1) if preds is None else preds
     ids = list(range(len(classes)))
     report = classification_report(labels, preds, labels=ids, target_names=list(classes),
                                    output_dict=True, zero_division=0)
@@ -44,20 +46,6 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
     else:
         out["quadratic_kappa"] = float(cohen_kappa_score(labels, preds, labels=ids, weights="quadratic"))
     return out
-
-
-def format_metrics(m: dict[str, Any], title: str) -> str:
-    """A small fixed-width table for the terminal."""
-    lines = [title, f"  images {m['images']}   accuracy {m['accuracy']:.2%}   weighted F1 {m['weighted_f1']:.4f}"
-             f"   macro recall {m['macro_recall']:.4f}"]
-    if m.get("roc_auc") is not None:
-        lines[-1] += f"   ROC-AUC {m['roc_auc']:.4f}"
-    if "quadratic_kappa" in m:
-        lines[-1] += f"   QW kappa {m['quadratic_kappa']:.4f}"
-    lines.append(f"  {'class':<16}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}")
-    for name, r in m["per_class"].items():
-        lines.append(f"  {name:<16}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1-score']:>10.4f}{int(r['support']):>10d}")
-    return "\n".join(lines)
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -48,7 +48,7 @@ pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.7rem 
   word-break:break-word;font-size:.84rem}code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .note{color:#57606a;font-size:.88rem;font-weight:400}
 """
-NUMBER = re.compile(r"^[\d.,%e+-]+( \(.*\))?$")
+NUMBER = re.compile(r"^[\d.,%e+-]+( \[.*\])?( \(.*\))?( patients)?$")
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,12 @@ def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def eval_figures(folder: Path) -> list[tuple[str, Path]]:
-    """Grad-CAM grids of every split, and the confusion matrices of splits other than valid (plot.py draws those)."""
+    """ROC and reliability figures and Grad-CAM grids of every split, and the confusion matrices of splits
+    other than valid (plot.py draws those)."""
     valid_first = lambda p: (not p.name.startswith("valid_"), p.name)  # noqa: E731
-    cams = [(f"Grad-CAM - {p.name.removesuffix('_gradcam.png')}", p)
-            for p in sorted(folder.glob("*_gradcam.png"), key=valid_first)]
+    cams = [(f"{kind} - {p.name.removesuffix(suffix)}", p)
+            for suffix, kind in (("_roc.png", "ROC"), ("_reliability.png", "reliability"), ("_gradcam.png", "Grad-CAM"))
+            for p in sorted(folder.glob(f"*{suffix}"), key=valid_first)]
     others = [(f"confusion matrix - {p.name.removesuffix('_confusion.png')}", p)
               for p in sorted(folder.glob("*_confusion.png")) if p.name != "valid_confusion.png"]
     return cams + others
@@ -184,27 +186,66 @@ def eval_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
         for split, m in r.metrics.items():
             rows.append([r.path.name, split, show(m.get("images")), percent(m.get("accuracy")),
                          number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m)])
+            p = m.get("patients")
+            if isinstance(p, dict):
+                rows.append([r.path.name, f"{split} (per patient)", f"{show(p.get('patients'))} patients",
+                             percent(p.get("accuracy")), number(p.get("weighted_f1")), number(p.get("macro_recall")),
+                             ranking(p)])
     return headers, rows
+
+
+def interval(entry: Any) -> tuple[Any, list[float] | None]:
+    """(value, 95% interval or None) of a metric written as a number or as {"value": x, "ci95": [lo, hi]}."""
+    if isinstance(entry, dict):
+        return entry.get("value"), entry.get("ci95")
+    return entry, None
+
+
+def clinical_lines(r: RunReport) -> list[str]:
+    """Per split: the operating point and the calibration error, where eval.py wrote them."""
+    lines = []
+    for split, m in r.metrics.items():
+        op, cal = m.get("operating_point"), m.get("calibration")
+        parts = []
+        if isinstance(op, dict):
+            rate = lambda k: "n/a" if op.get(k) is None else f"{op[k]:.2%}"  # noqa: E731
+            parts.append(f"at threshold {op.get('threshold', 0.5):.4g}: sensitivity {rate('sensitivity')}, "
+                         f"specificity {rate('specificity')}, PPV {rate('ppv')}, NPV {rate('npv')}")
+        if isinstance(cal, dict) and cal.get("ece") is not None:
+            parts.append(f"expected calibration error {cal['ece']:.4f}")
+        if isinstance(m.get("bootstrap"), dict) and m["bootstrap"].get("resamples"):
+            parts.append(f"95% intervals from {m['bootstrap']['resamples']} bootstrap resamples of "
+                         f"{m['bootstrap'].get('unit', 'images')}")
+        if parts:
+            lines.append(f"{split}: " + "; ".join(parts))
+    return lines
 
 
 def show(value: Any) -> str:
     return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def percent(value: Any) -> str:
-    return f"{value:.2%}" if isinstance(value, (int, float)) else "not in the metrics file"
+def percent(entry: Any) -> str:
+    value, ci = interval(entry)
+    if not isinstance(value, (int, float)):
+        return "not in the metrics file"
+    return f"{value:.2%}" + (f" [{ci[0] * 100:.2f}, {ci[1] * 100:.2f}]" if ci else "")
 
 
-def number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "not in the metrics file"
+def number(entry: Any) -> str:
+    value, ci = interval(entry)
+    if not isinstance(value, (int, float)):
+        return "not in the metrics file"
+    return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
 
 def ranking(m: dict[str, Any]) -> str:
     """ROC-AUC for two classes, quadratic weighted kappa for graded classes."""
     if "quadratic_kappa" in m:
-        return f"{m['quadratic_kappa']:.4f} (kappa)"
+        return f"{number(m['quadratic_kappa'])} (kappa)"
     if "roc_auc" in m:
-        return f"{m['roc_auc']:.4f} (AUC)" if m["roc_auc"] is not None else "n/a (one class only)"
+        value = interval(m["roc_auc"])[0]
+        return f"{number(m['roc_auc'])} (AUC)" if value is not None else "n/a (one class only)"
     return "not in the metrics file"
 
 
@@ -225,6 +266,8 @@ def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[s
         lines += [note, ""]
     for r in reports:
         lines += [f"## {r.path.name}", ""]
+        notes = clinical_lines(r)
+        lines += [f"- {text}" for text in notes] + ([""] if notes else [])
         lines += [line for caption, png in r.figures for line in (f"![{caption}]({link(png)})", "")]
         lines += [f"Reproduce ({command_note(r)}):", "", "```bash", r.train_command, r.eval_command, "```", ""]
     return "\n".join(lines)
@@ -272,6 +315,8 @@ def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, 
                      '<code>python eval.py -m &lt;run&gt; --cam 4</code>).</p>')
     for r in reports:
         parts.append(f"<h2>{e(r.path.name)}</h2>")
+        if clinical_lines(r):
+            parts.append("<ul>" + "".join(f"<li>{e(text)}</li>" for text in clinical_lines(r)) + "</ul>")
         parts += [figure(png, caption) for caption, png in r.figures]
         parts.append(f'<h3>Reproduce <span class="note">({e(command_note(r))})</span></h3>'
                      f"<pre><code>{e(r.train_command)}\n{e(r.eval_command)}</code></pre>")

@@ -15,6 +15,7 @@ $PY train.py -m ResNet152 -e 3 --name ResNet152 "${COMMON[@]}"
 for run in ResNet18 ResNet50 ResNet152; do
     $PY eval.py -m "$OUT/$run" -c
 done
+$PY eval.py -m "$OUT/ResNet18" "$OUT/ResNet50" "$OUT/ResNet152" -c --split valid   # the three as an ensemble
 $PY plot.py -f "$OUT"
 $PY report.py -f "$OUT"
 echo
@@ -22,4 +23,5 @@ echo "Demo finished. Look at:"
 echo "  $OUT/accuracy.png              accuracy per epoch, three architectures"
 echo "  $OUT/confusion_matrices.png    valid confusion matrices side by side"
 echo "  $OUT/report.html               the experiment report (open it in a browser)"
-echo "  $OUT/<model>/eval/             metrics, confusion matrices, Kaggle CSVs (*_submission.csv)"
+echo "  $OUT/<model>/eval/             metrics with 95% intervals, ROC, calibration, Kaggle CSVs (*_submission.csv)"
+echo "  $OUT/ensemble-ResNet18+ResNet50+ResNet152/   the three models averaged"

@@ -58,7 +58,7 @@ def test_best_checkpoint_rebuilds_the_model_without_flags(run: Path) -> None:
 
 def test_eval_writes_kaggle_csv_with_test_ids_in_order(run: Path, lab_data: Path) -> None:
     assert eval_script.main(["-m", str(run), "--data", str(lab_data), "-c"]) == 0
-    submission = pd.read_csv(run / "eval" / "resnet_18_test_submission.csv")
+    submission = pd.read_csv(run / "eval" / "resnet_18_test_r18_submission.csv")
     expected = pd.read_csv(lab_data / "resnet_18_test.csv")["Path"].tolist()
     assert list(submission.columns) == ["ID", "label"]
     assert submission["ID"].tolist() == expected
@@ -72,7 +72,7 @@ def test_eval_reports_metrics_and_draws_the_confusion_matrix(run: Path, lab_data
     metrics = json.loads((run / "eval" / "valid_metrics.json").read_text())
     history = pd.read_csv(run / "history.csv")
     assert metrics["images"] == 12
-    assert metrics["accuracy"] == pytest.approx(history["valid_acc"].max())
+    assert metrics["accuracy"]["value"] == pytest.approx(history["valid_acc"].max())
     assert {"weighted_f1", "macro_recall", "roc_auc", "per_class"} <= set(metrics)
     assert sum(map(sum, metrics["confusion"])) == 12
     with Image.open(run / "eval" / "valid_confusion.png") as png:

@@ -143,7 +143,7 @@ def evaluated(cv_run: dict) -> Path:
 
 
 def test_eval_writes_the_ensembles_kaggle_csv_in_the_test_lists_order(evaluated: Path, cv_run: dict) -> None:
-    submission = pd.read_csv(evaluated / "eval" / "resnet_18_test_submission.csv")
+    submission = pd.read_csv(evaluated / "eval" / f"resnet_18_test_{evaluated.name}_submission.csv")
     listed = pd.read_csv(cv_run["data"] / "resnet_18_test.csv")
     assert list(submission.columns) == ["ID", "label"]
     assert submission["ID"].tolist() == listed["Path"].tolist()

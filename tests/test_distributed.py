@@ -47,7 +47,7 @@ def test_torchrun_valid_accuracy_equals_a_single_process_evaluation(ddp_run, tmp
                              "-c", "--output", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "valid_metrics.json").read_text())
     assert metrics["images"] == 13
-    assert metrics["accuracy"] == pytest.approx(history["valid_acc"].iloc[-1], abs=1e-9)
+    assert metrics["accuracy"]["value"] == pytest.approx(history["valid_acc"].iloc[-1], abs=1e-9)
 
 
 def test_checkpoint_of_a_torchrun_run_has_no_module_prefix(ddp_run) -> None:

@@ -92,6 +92,24 @@ def test_graded_tasks_show_quadratic_kappa(tmp_path: Path) -> None:
     assert table_row(markdown, "retina", "valid")[-1] == "0.6543 (kappa)"
 
 
+def test_intervals_patients_and_the_operating_point_are_shown(tmp_path: Path) -> None:
+    with_ci = lambda v, lo, hi: {"value": v, "ci95": [lo, hi]}  # noqa: E731  (eval.py's metrics shape)
+    m = {"images": 16, "accuracy": with_ci(0.8125, 0.6, 0.95), "weighted_f1": with_ci(0.7777, 0.6, 0.9),
+         "macro_recall": with_ci(0.7, 0.5, 0.85), "roc_auc": with_ci(0.9123, 0.8, 0.99), "per_class": {},
+         "bootstrap": {"resamples": 2000, "unit": "patients", "seed": 0},
+         "operating_point": {"threshold": 0.3, "sensitivity": 0.9, "specificity": 0.75, "ppv": 0.8, "npv": 0.5},
+         "calibration": {"ece": 0.0412},
+         "patients": {"patients": 4, "accuracy": with_ci(0.75, 0.5, 1.0), "weighted_f1": with_ci(0.7, 0.4, 1.0),
+                      "macro_recall": with_ci(0.75, 0.5, 1.0), "roc_auc": with_ci(1.0, 1.0, 1.0)}}
+    make_run(tmp_path, "ci", [0.8], metrics={"valid": m})
+    markdown, page = build(tmp_path)
+    assert table_row(markdown, "ci", "valid")[2:5] == ["16", "81.25% [60.00, 95.00]", "0.7777 [0.6000, 0.9000]"]
+    assert table_row(markdown, "ci", "valid (per patient)")[2:4] == ["4 patients", "75.00% [50.00, 100.00]"]
+    assert ("valid: at threshold 0.3: sensitivity 90.00%, specificity 75.00%, PPV 80.00%, NPV 50.00%; "
+            "expected calibration error 0.0412; 95% intervals from 2000 bootstrap resamples of patients") in markdown
+    assert "sensitivity 90.00%" in page
+
+
 def test_a_run_without_eval_outputs_is_reported_missing_not_zero(storage: Path) -> None:
     markdown, page = build(storage)
     row = table_row(markdown, "B", "valid")

@@ -1,0 +1,112 @@
+"""Models to evaluate: one checkpoint or an ensemble, each with its own preprocessing; averaged probabilities.
+
+``ensemble_probs(checkpoints, splits, options)`` is the whole story for callers that only want
+numbers (k-fold ensembles reuse it); ``eval.py`` keeps the loaded members for Grad-CAM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+import data
+from core import engine
+from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
+                             resolve_checkpoint)
+from core.engine import Runtime
+from models import display_name
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of an ensemble, ready to predict: its weights on the device and its own preprocessing."""
+
+    path: Path  # the checkpoint file
+    model: torch.nn.Module
+    prep: data.Preprocess
+    arch: str
+    classes: tuple[str, ...]
+    config: dict[str, Any]
+    epoch: Any
+
+    @property
+    def run_name(self) -> str:
+        """The run folder's name (a checkpoint outside a run folder: its file name without .pt)."""
+        folder = self.path.parent
+        return folder.name if (folder / "config.json").is_file() or (folder / "history.csv").is_file() \
+            else self.path.stem
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict: batch size, loader processes, flip averaging, the decode-once cache folder."""
+
+    batch_size: int = 64
+    workers: int = 0
+    tta: bool = False
+    cache_dir: Path | None = None
+    show_progress: bool = True
+
+
+def load_member(spec: str | Path, rt: Runtime) -> Member:
+    """A checkpoint, run folder or 'latest', rebuilt with no flags and moved to ``rt.device``."""
+    path = resolve_checkpoint(spec, prefer="best.pt")
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+    classes = tuple(map(str, ckpt.get("classes") or range(ckpt["num_classes"])))
+    return Member(path, model, preprocess_from_checkpoint(ckpt, path), ckpt["arch"], classes,
+                  ckpt.get("config", {}), ckpt.get("epoch", "?"))
+
+
+def load_members(specs: Sequence[str | Path], rt: Runtime) -> list[Member]:
+    """Every checkpoint of an ensemble; CheckpointError unless they all predict the same classes."""
+    members = [load_member(spec, rt) for spec in specs]
+    for m in members[1:]:
+        if m.classes != members[0].classes:
+            raise CheckpointError(f"{m.path} predicts {', '.join(m.classes)} but {members[0].path} predicts "
+                                  f"{', '.join(members[0].classes)}; an ensemble needs the same classes")
+    return members
+
+
+def ensemble_name(members: Sequence[Member]) -> str:
+    """A single model's run name, or 'ensemble-<run1>+<run2>+...'."""
+    names = [m.run_name for m in members]
+    return names[0] if len(names) == 1 else "ensemble-" + "+".join(names)
+
+
+def member_loader(member: Member, split: data.Split, options: PredictOptions, rt: Runtime) -> data.BatchLoader:
+    """Batches of ``split`` preprocessed as ``member`` was trained (its image size, crop and mean/std)."""
+    dataset = data.ImageDataset(split, member.prep, options.cache_dir)
+    return data.make_loader(dataset, options.batch_size, shuffle=False, workers=options.workers,
+                            pin_memory=rt.device.type == "cuda")
+
+
+def predict_split(members: Sequence[Member], split: data.Split, options: PredictOptions,
+                  rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of the members' softmax probabilities (N x C) on ``split``, and its labels."""
+    total, labels = None, None
+    for member in members:
+        transform = data.BatchTransform(member.prep, train=False).to(rt.device)
+        probs, labels = engine.predict(member.model, member_loader(member, split, options, rt), transform, rt,
+                                       options.tta, options.show_progress)
+        total = probs.astype(np.float64) if total is None else total + probs
+    return (total / len(members)).astype(np.float32), labels
+
+
+def describe(members: Sequence[Member]) -> list[dict[str, Any]]:
+    """What ensemble.json records about each member."""
+    return [{"checkpoint": str(m.path), "model": display_name(m.arch), "image_size": m.prep.image_size,
+             "epoch": m.epoch} for m in members]
+
+
+def default_output(members: Sequence[Member]) -> Path:
+    """A single run's ``eval/``; an ensemble's own folder beside the first run (under storage/)."""
+    first = members[0]
+    in_run = first.run_name == first.path.parent.name
+    if len(members) == 1:
+        return first.path.parent / "eval"
+    return (first.path.parent.parent if in_run else first.path.parent) / ensemble_name(members)

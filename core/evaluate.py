@@ -1,0 +1,184 @@
+"""What eval.py writes for one split: probabilities, Kaggle CSV, metrics with intervals, patients, figures.
+
+Metrics JSON (``<split>_metrics.json``): ``accuracy``, ``weighted_f1``, ``macro_recall`` and
+``roc_auc`` (two classes) or ``quadratic_kappa`` (grades) are each ``{"value": x, "ci95": [lo, hi]}``
+(``ci95`` is null with ``--bootstrap 0`` or where undefined); ``bootstrap`` says how many resamples
+of which unit (``patients`` or ``images``); ``patients`` holds the same metrics per patient where
+file names carry patient ids; ``operating_point`` (two classes) and ``calibration`` as named.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from core import calibration, threshold
+from core.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
+from core.evalfigures import save_curves_png, save_reliability_png
+from core.metrics import classification_metrics, confusion, save_confusion_png
+from core.patients import mean_probs, patient_ids, patient_table
+from core.runs import write_json, write_text_atomic
+from data import Split
+
+INTERVAL_METRICS = ("accuracy", "weighted_f1", "macro_recall", "roc_auc", "quadratic_kappa")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything a split's outputs depend on besides its predictions."""
+
+    out: Path
+    classes: tuple[str, ...]
+    run_name: str  # carried by every Kaggle CSV's name
+    title: str  # e.g. "ResNet18" or "ensemble-a+b", for figure titles
+    threshold: float | None = None  # two classes: P(class 1) that calls it positive; None: arg-max
+    temperature: float | None = None  # already applied to the probabilities; recorded in the metrics
+    resamples: int = 2000
+    seed: int = 0
+
+
+def submission_path(out: Path, split_name: str, run_name: str) -> Path:
+    return out / f"{split_name}_{run_name}_submission.csv"
+
+
+def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSettings) -> dict[str, Any] | None:
+    """Write every output of ``split``; returns its metrics (None for an unlabelled split)."""
+    preds = threshold.predictions(probs, s.threshold)
+    table = pd.DataFrame({"ID": split.ids, **{f"prob_{c}": probs[:, i] for i, c in enumerate(s.classes)},
+                          "pred": preds})
+    write_text_atomic(s.out / f"{split.name}_probs.csv", table.to_csv(index=False))
+    if split.name not in ("train", "valid"):
+        submission = submission_path(s.out, split.name, s.run_name)
+        write_text_atomic(submission, pd.DataFrame({"ID": split.ids, "label": preds}).to_csv(index=False))
+        print(f"{split.name}: Kaggle submission ({len(preds)} rows) -> {submission}")
+    if split.labels is None:
+        return None
+    patients = patient_ids(split.paths)
+    m = scored(labels, probs, preds, s, patients)
+    if patients is not None:
+        m["patients"] = patient_metrics(split.name, patients, labels, probs, preds, s)
+    counts, normalised = confusion(labels, preds, len(s.classes))
+    m["confusion"], m["confusion_normalised"] = counts.tolist(), normalised.round(4).tolist()
+    frame = pd.DataFrame(counts, index=[f"true {c}" for c in s.classes], columns=[f"pred {c}" for c in s.classes])
+    write_text_atomic(s.out / f"{split.name}_confusion.csv", frame.to_csv())
+    bins = calibration.reliability(labels, probs)
+    m["calibration"] = {"ece": calibration.expected_calibration_error(bins), "bins": bins,
+                        "temperature": s.temperature}
+    write_json(s.out / f"{split.name}_metrics.json", m)
+    write_figures(split.name, labels, probs, m, counts, normalised, s)
+    print(format_metrics(m, f"{split.name}:"))
+    return m
+
+
+def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSettings,
+           clusters: np.ndarray | None) -> dict[str, Any]:
+    """Point metrics, their bootstrap intervals (resampling ``clusters`` when given) and the operating point."""
+    m = classification_metrics(labels, probs, s.classes, preds)
+    plan = BootstrapPlan(s.resamples, s.seed, clusters)
+    point = {k: m[k] for k in INTERVAL_METRICS if k in m}
+    intervals = bootstrap_ci(plan, labels, probs, preds, standard_metrics(len(s.classes))) if s.resamples else {}
+    m.update(with_intervals(point, intervals))
+    m["bootstrap"] = {"resamples": s.resamples, "unit": plan.unit, "seed": s.seed}
+    if len(s.classes) == 2:
+        m["operating_point"] = threshold.operating_point(labels, preds, s.threshold or threshold.DEFAULT)
+    return m
+
+
+def patient_metrics(split_name: str, patients: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                    preds: np.ndarray, s: EvalSettings) -> dict[str, Any]:
+    """``<split>_patients.csv`` and the metrics of the patient-level predictions (mean probability)."""
+    table = patient_table(patients, labels, probs, preds, s.classes)
+    patient_probs = mean_probs(table, s.classes)
+    table.insert(len(table.columns) - 1, "pred", threshold.predictions(patient_probs, s.threshold))
+    write_text_atomic(s.out / f"{split_name}_patients.csv", table.to_csv(index=False))
+    patient_labels = table["label"].to_numpy()
+    m = scored(patient_labels, patient_probs, table["pred"].to_numpy(), s, None)
+    m["patients"] = m.pop("images")
+    return m
+
+
+def write_figures(split_name: str, labels: np.ndarray, probs: np.ndarray, m: dict[str, Any], counts: np.ndarray,
+                  normalised: np.ndarray, s: EvalSettings) -> None:
+    title = f"{s.title} - {split_name}"
+    save_confusion_png(counts, normalised, s.classes, f"{title} (accuracy {m['accuracy']['value']:.2%})",
+                       s.out / f"{split_name}_confusion.png")
+    save_curves_png(labels, probs, s.classes, m.get("operating_point"), title, s.out / f"{split_name}_roc.png")
+    save_reliability_png(m["calibration"]["bins"], m["calibration"]["ece"], f"{title}: reliability",
+                         s.out / f"{split_name}_reliability.png")
+
+
+def format_interval(entry: dict[str, Any], percent: bool) -> str:
+    """``94.12% [92.80, 95.31]`` or ``0.9412 [0.9280, 0.9531]``; 'n/a' when undefined."""
+    value, ci = entry["value"], entry["ci95"]
+    if value is None:
+        return "n/a"
+    if percent:
+        return f"{value:.2%}" + (f" [{ci[0] * 100:.2f}, {ci[1] * 100:.2f}]" if ci else "")
+    return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def format_metrics(m: dict[str, Any], title: str) -> str:
+    """The terminal summary: metrics with 95% intervals, operating point, calibration, patients, classes."""
+    b = m["bootstrap"]
+    how = f"95% intervals: {b['resamples']} bootstrap resamples of {b['unit']}" if b["resamples"] else "no intervals"
+    lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m)]
+    op = m.get("operating_point")
+    if op:
+        show = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
+        lines.append(f"  at threshold {op['threshold']:.4g}: sensitivity {show(op['sensitivity'])}   specificity "
+                     f"{show(op['specificity'])}   PPV {show(op['ppv'])}   NPV {show(op['npv'])}")
+    lines.append(f"  expected calibration error {m['calibration']['ece']:.4f}")
+    if "patients" in m:
+        lines.append(f"  per patient ({m['patients']['patients']} patients): {summary_line(m['patients'])}")
+    lines.append(f"  {'class':<16}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}")
+    for name, r in m["per_class"].items():
+        lines.append(f"  {name:<16}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1-score']:>10.4f}"
+                     f"{int(r['support']):>10d}")
+    return "\n".join(lines)
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    names: Sequence[tuple[str, str]] = (("accuracy", "accuracy"), ("weighted_f1", "weighted F1"),
+                                        ("macro_recall", "macro recall"), ("roc_auc", "ROC-AUC"),
+                                        ("quadratic_kappa", "QW kappa"))
+    return "   ".join(f"{label} {format_interval(m[key], key == 'accuracy')}" for key, label in names if key in m)
+
+
+def operating_settings(out: Path, valid: tuple[np.ndarray, np.ndarray] | None, calibrate: bool,
+                       rule: str | None, classes: Sequence[str]) -> tuple[float | None, float | None]:
+    """(temperature, threshold): fitted on ``valid`` (probabilities, labels) when asked and saved in ``out``,
+    else read back from an earlier evaluation there, else (None, 0.5 for two classes / None)."""
+    from core.errors import UserError
+
+    if (calibrate or rule) and (valid is None or (valid[1] < 0).any()):
+        raise UserError("--calibrate and --threshold are fitted on the valid split, which has no labels here")
+    temperature = None
+    if calibrate:
+        probs, labels = valid
+        temperature = calibration.fit_temperature(labels, probs)
+        calibration.save(out, temperature, summary(labels, probs), summary(labels, calibration.scale(probs, temperature)))
+        print(f"calibration: temperature {temperature:.3f} fitted on valid -> {out / calibration.FILE}")
+    elif (saved := calibration.load(out)) is not None:
+        temperature = float(saved["temperature"])
+        print(f"calibration: temperature {temperature:.3f} from {out / calibration.FILE} (delete it to stop)")
+    if rule:
+        probs, labels = valid
+        probs = calibration.scale(probs, temperature) if temperature else probs
+        cut = threshold.choose_threshold(rule, labels, probs[:, 1])
+        threshold.save(out, rule, cut, classes[1])
+        print(f"operating point: {rule} on valid -> threshold {cut:.4g} for {classes[1]} -> {out / threshold.FILE}")
+        return temperature, cut
+    if len(classes) == 2 and (saved := threshold.load(out)) is not None:
+        cut = float(saved["threshold"])
+        print(f"operating point: threshold {cut:.4g} ({saved.get('rule')}) from {out / threshold.FILE}")
+        return temperature, cut
+    return temperature, threshold.DEFAULT if len(classes) == 2 else None
+
+
+def summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Cross-entropy and ECE of probabilities, before/after calibration."""
+    return {"nll": calibration.nll(labels, probs),
+            "ece": calibration.expected_calibration_error(calibration.reliability(labels, probs))}

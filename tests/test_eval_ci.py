@@ -1,0 +1,155 @@
+"""Confidence intervals, patients, operating points and calibration, on constructed predictions (no model)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, recall_score, roc_auc_score
+
+from core import calibration, threshold
+from core.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, macro_recall, quadratic_kappa, roc_auc,
+                            standard_metrics, weighted_f1, with_intervals)
+from core.errors import UserError
+from core.patients import mean_probs, patient_ids, patient_table
+
+
+def noisy_predictions(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities that are right about 75% of the time, with tied scores."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    probs = rng.dirichlet(np.ones(classes), n)
+    probs[np.arange(n), labels] += 1.2 / classes
+    return labels, np.round(probs / probs.sum(axis=1, keepdims=True), 2)
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_vectorised_metrics_equal_scikit_learn_on_a_resample(classes: int) -> None:
+    labels, probs = noisy_predictions(500, classes)
+    preds = probs.argmax(axis=1)
+    drawn = np.random.default_rng(1).integers(0, 500, 500)
+    weights = np.bincount(drawn, minlength=500)[None].astype(np.float32)
+    cm = confusions(weights, labels, preds, classes).astype(np.float64)
+    y, p = labels[drawn], preds[drawn]
+    assert accuracy(cm)[0] == pytest.approx(accuracy_score(y, p))
+    assert weighted_f1(cm)[0] == pytest.approx(f1_score(y, p, average="weighted"))
+    assert macro_recall(cm)[0] == pytest.approx(recall_score(y, p, average="macro"))
+    if classes == 2:
+        assert roc_auc(weights, labels, probs[:, 1])[0] == pytest.approx(roc_auc_score(y, probs[drawn, 1]))
+    else:
+        assert quadratic_kappa(cm)[0] == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_every_interval_contains_its_point_estimate(classes: int) -> None:
+    for seed in range(5):
+        labels, probs = noisy_predictions(60, classes, seed)
+        preds = probs.argmax(axis=1)
+        point = {"accuracy": accuracy_score(labels, preds), "weighted_f1": f1_score(labels, preds, average="weighted"),
+                 "macro_recall": recall_score(labels, preds, average="macro")}
+        point |= ({"roc_auc": roc_auc_score(labels, probs[:, 1])} if classes == 2 else
+                  {"quadratic_kappa": cohen_kappa_score(labels, preds, weights="quadratic")})
+        intervals = bootstrap_ci(BootstrapPlan(500, seed), labels, probs, preds, standard_metrics(classes))
+        for name, entry in with_intervals(point, intervals).items():
+            lo, hi = entry["ci95"]
+            assert lo <= entry["value"] <= hi, name
+            assert hi - lo > 0, name  # an imperfect classifier on 60 images is uncertain
+
+
+def test_a_perfect_classifier_has_the_accuracy_interval_one_to_one() -> None:
+    labels = np.array([0, 1] * 50)
+    probs = np.eye(2)[labels] * 0.8 + 0.1
+    intervals = bootstrap_ci(BootstrapPlan(300), labels, probs, labels, standard_metrics(2))
+    assert intervals["accuracy"] == (1.0, 1.0)
+    assert intervals["roc_auc"] == (1.0, 1.0)
+
+
+def test_resampling_correlated_patients_gives_a_wider_interval_than_resampling_images() -> None:
+    # 30 patients of 10 cells each; a patient's cells are all right or all wrong.
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(30), 10)
+    labels = np.repeat(rng.integers(0, 2, 30), 10)
+    right = np.repeat(rng.random(30) < 0.7, 10)
+    preds = np.where(right, labels, 1 - labels)
+    probs = np.eye(2)[preds] * 0.6 + 0.2
+    metrics = {"accuracy": standard_metrics(2)["accuracy"]}
+    lo_i, hi_i = bootstrap_ci(BootstrapPlan(2000), labels, probs, preds, metrics)["accuracy"]
+    lo_p, hi_p = bootstrap_ci(BootstrapPlan(2000, clusters=patients), labels, probs, preds, metrics)["accuracy"]
+    assert BootstrapPlan(clusters=patients).unit == "patients" and BootstrapPlan().unit == "images"
+    assert hi_p - lo_p > 2 * (hi_i - lo_i)
+
+
+def test_bootstrap_is_seeded() -> None:
+    labels, probs = noisy_predictions(80, 2)
+    run = lambda seed: bootstrap_ci(BootstrapPlan(200, seed), labels, probs, probs.argmax(1), standard_metrics(2))  # noqa: E731
+    assert run(3) == run(3) and run(3) != run(4)
+
+
+def test_patient_ids_come_from_cnmc_and_retina_file_names_only() -> None:
+    cnmc = [Path("a/UID_11_10_1_all.bmp"), Path("UID_H10_3_2_hem.bmp"), Path("UID_11_2_4_all.bmp")]
+    assert patient_ids(cnmc).tolist() == ["11", "H10", "11"]
+    assert patient_ids([Path("10_left.jpeg"), Path("10_right.jpeg"), Path("7_left.jpeg")]).tolist() == \
+        ["10", "10", "7"]
+    assert patient_ids([Path("0.bmp"), Path("UID_11_10_1_all.bmp")]) is None
+
+
+def test_patient_counts_add_up_and_the_prediction_follows_the_mean_probability() -> None:
+    patients = np.array(["a", "a", "a", "b", "b", "c"])
+    labels = np.array([1, 1, 1, 0, 0, 1])
+    probs = np.array([[0.02, 0.98], [0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.55, 0.45], [0.45, 0.55]])
+    preds = probs.argmax(axis=1)
+    table = patient_table(patients, labels, probs, preds, ("normal", "blast"))
+    assert table["images"].sum() == len(labels) and table["correct"].sum() == (preds == labels).sum()
+    row_a = table.set_index("patient").loc["a"]
+    assert row_a["images"] == 3 and row_a["correct"] == 1 and row_a["prob_blast"] == pytest.approx(1.78 / 3)
+    # patient a: only 1 of 3 cells called blast, but the mean probability (0.59) says blast
+    assert threshold.predictions(mean_probs(table, ("normal", "blast")), 0.5).tolist() == [1, 0, 1]
+    assert threshold.predictions(mean_probs(table, ("normal", "blast")), 0.42).tolist() == [1, 1, 1]
+
+
+def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity() -> None:
+    labels, probs = noisy_predictions(300, 2, seed=7)
+    chosen = threshold.choose_threshold("youden", labels, probs[:, 1])
+
+    def youden(t: float) -> float:
+        op = threshold.operating_point(labels, threshold.predictions(probs, t), t)
+        return op["sensitivity"] + op["specificity"] - 1
+
+    assert youden(chosen) == pytest.approx(max(youden(t) for t in np.unique(probs[:, 1])))
+    assert youden(chosen) > youden(0.5) - 1e-12
+
+
+def test_sensitivity_rule_keeps_the_sensitivity_and_is_as_specific_as_possible() -> None:
+    labels, probs = noisy_predictions(300, 2, seed=8)
+    chosen = threshold.choose_threshold("sens=0.95", labels, probs[:, 1])
+    sens = lambda t: threshold.operating_point(labels, threshold.predictions(probs, t), t)["sensitivity"]  # noqa: E731
+    assert sens(chosen) >= 0.95
+    higher = np.unique(probs[:, 1])[np.unique(probs[:, 1]) > chosen]
+    assert sens(higher.min()) < 0.95
+
+
+@pytest.mark.parametrize("rule", ["yuden", "sens=1.5", "1.2", "sens=0"])
+def test_bad_threshold_rules_are_one_line_errors(rule: str) -> None:
+    with pytest.raises(UserError, match="--threshold"):
+        threshold.check_rule(rule)
+
+
+def test_temperature_scaling_recovers_an_overconfident_models_temperature_and_keeps_argmax() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 3))
+    honest = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(3, p=p) for p in honest])
+    overconfident = calibration.scale(honest, 1 / 2.5)  # logits multiplied by 2.5
+    fitted = calibration.fit_temperature(labels, overconfident)
+    assert fitted == pytest.approx(2.5, rel=0.1)
+    fixed = calibration.scale(overconfident, fitted)
+    assert (fixed.argmax(axis=1) == overconfident.argmax(axis=1)).all()
+    ece = lambda p: calibration.expected_calibration_error(calibration.reliability(labels, p))  # noqa: E731
+    assert ece(fixed) < ece(overconfident) / 3
+
+
+def test_expected_calibration_error_of_known_bins() -> None:
+    # 10 images at confidence 0.9 of which 6 are right: ECE = |0.6 - 0.9| = 0.3.
+    labels = np.array([0] * 6 + [1] * 4)
+    probs = np.tile([0.9, 0.1], (10, 1))
+    assert calibration.expected_calibration_error(calibration.reliability(labels, probs)) == pytest.approx(0.3)
