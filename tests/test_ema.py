@@ -86,7 +86,7 @@ def test_validation_scores_the_ema_weights(ema_run: Path) -> None:
                              "--output", str(ema_run / "eval")]) == 0
     metrics = pd.read_json(ema_run / "eval" / "valid_metrics.json", typ="series")
     history = pd.read_csv(ema_run / "history.csv")
-    assert metrics["accuracy"] == pytest.approx(history["valid_acc"].max())
+    assert metrics["accuracy"]["value"] == pytest.approx(history["valid_acc"].max())
 
 
 def test_resume_continues_the_average(tmp_path: Path, ema_run: Path) -> None:
