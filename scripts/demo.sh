@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=storage/demo
-COMMON=(--data new_dataset --out "$OUT" --image-size 64 -b 32 --workers 0 --seed 0)
+# EMA + zero-init: no zig-zag in the valid curve (scripts/recipes.py, README "Augmentation, weight averaging")
+COMMON=(--data new_dataset --out "$OUT" --image-size 64 -b 32 --workers 0 --seed 0 --ema --zero-init-residual)
 
 $PY demo_data.py --out new_dataset
 rm -rf "$OUT"
