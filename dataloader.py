@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from data import (LAYOUT_NEEDS, LAYOUTS, RETINOPATHY_CLASSES, SPLIT_METHODS, UNLABELLED, BatchLoader,
-                  BatchTransform, DataError, DataSource, ImageDataset, Preprocess, Split, class_weights,
+                  BatchTransform, DataError, DataSource, ImageDataset, Preprocess, Sampling, Split, class_weights,
                   fit_preprocess, fundus_box, load_image, make_loader, open_data)
 
 __all__ = ["BatchLoader", "BatchTransform", "DataError", "DataSource", "ImageDataset", "LAYOUTS",
-           "LeukemiaLoader", "Preprocess", "RETINOPATHY_CLASSES", "RetinopathyLoader", "SPLIT_METHODS", "Split",
+           "LeukemiaLoader", "Preprocess", "RETINOPATHY_CLASSES", "RetinopathyLoader", "SPLIT_METHODS", "Sampling",
+           "Split",
            "UNLABELLED", "class_weights", "fit_preprocess", "fundus_box", "load_image", "make_loader", "open_data"]
 
 

@@ -152,7 +152,7 @@ def cam_grid(members: list, split: data.Split, probs: np.ndarray, count: int, ca
         return
     member = members[0]
     dataset = data.ImageDataset(split, member.prep, cache_dir)
-    grid = save_cam_grid(member.model, dataset, member.prep, probs, member.classes, count,
+    grid = save_cam_grid(member.model, dataset, probs, member.classes, count,
                          out / f"{split.name}_gradcam.png", f"{display_name(member.arch)} - {split.name}")
     print(f"{split.name}: Grad-CAM grid -> {grid}")
 

@@ -81,8 +81,7 @@ def ensemble_name(members: Sequence[Member]) -> str:
 def member_loader(member: Member, split: data.Split, options: PredictOptions, rt: Runtime) -> data.BatchLoader:
     """Batches of ``split`` preprocessed as ``member`` was trained (its image size, crop and mean/std)."""
     dataset = data.ImageDataset(split, member.prep, options.cache_dir)
-    return data.make_loader(dataset, options.batch_size, shuffle=False, workers=options.workers,
-                            pin_memory=rt.device.type == "cuda")
+    return data.make_loader(dataset, options.batch_size, workers=options.workers, pin_memory=rt.device.type == "cuda")
 
 
 def predict_split(members: Sequence[Member], split: data.Split, options: PredictOptions,

@@ -92,8 +92,8 @@ def heat_maps(model: nn.Module, images: Tensor, transform: nn.Module, target: Te
     return torch.cat(maps) if maps else torch.zeros(0, *images.shape[-2:])
 
 
-def save_cam_grid(model: nn.Module, dataset: data.ImageDataset, prep: data.Preprocess, probs: np.ndarray,
-                  classes: Sequence[str], n: int, path: Path, title: str) -> Path:
+def save_cam_grid(model: nn.Module, dataset: data.ImageDataset, probs: np.ndarray, classes: Sequence[str], n: int,
+                  path: Path, title: str) -> Path:
     """Grad-CAM grid of a labelled split: a row of mistakes, then a row of correct images per class.
 
     ``probs`` (N x C) are the split's predictions in dataset order; each map explains the predicted class.
@@ -104,7 +104,7 @@ def save_cam_grid(model: nn.Module, dataset: data.ImageDataset, prep: data.Prepr
     chosen = np.concatenate([idx for _, idx in rows]).astype(np.int64)
     images = torch.stack([dataset[int(i)][0] for i in chosen]) if len(chosen) else torch.zeros(0, 3, 1, 1)
     preds = probs.argmax(1)
-    transform = data.BatchTransform(prep, train=False).to(next(model.parameters()).device)
+    transform = data.BatchTransform(dataset.prep, train=False).to(next(model.parameters()).device)
     maps = heat_maps(model, images, transform, torch.from_numpy(preds[chosen]))
     tiles = dict(zip(chosen.tolist(), zip(images, maps)))
 

@@ -267,11 +267,10 @@ def make_loaders(train_set: data.ImageDataset, valid_set: data.ImageDataset, cfg
                         + f"); use -b {max(1, len(train_set) // dist.world_size)} or less")
     workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
     pin = device.type == "cuda"
-    train_loader = data.make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=workers,
-                                    pin_memory=pin, drop_last=True, rank=dist.rank, world_size=dist.world_size,
-                                    balanced=cfg.balanced_sampler)
-    valid_loader = data.make_loader(valid_set, cfg.batch_size * 2, shuffle=False, workers=workers,
-                                    pin_memory=pin, rank=dist.rank, world_size=dist.world_size)
+    shard = data.Sampling(rank=dist.rank, world_size=dist.world_size)
+    train_order = replace(shard, shuffle=True, seed=cfg.seed, drop_last=True, balanced=cfg.balanced_sampler)
+    train_loader = data.make_loader(train_set, cfg.batch_size, train_order, workers=workers, pin_memory=pin)
+    valid_loader = data.make_loader(valid_set, cfg.batch_size * 2, shard, workers=workers, pin_memory=pin)
     return train_loader, valid_loader
 
 

@@ -18,12 +18,12 @@ from typing import Any
 
 # name -> module. Loaded on first use, so that a script's --help does not wait for torch.
 _EXPORTS = {
-    "augment": ("BatchTransform", "COLOUR_JITTER", "default_augment", "sampling_grid"),
+    "augment": ("BatchTransform", "COLOUR_JITTER", "Jitter", "default_augment", "sampling_grid"),
     "cache": ("ImageDataset", "build_cache"),
     "cells": ("LEUKEMIA_CLASSES",),
     "choices": ("AUGMENT_POLICIES", "LAYOUTS", "SPLIT_METHODS"),
     "layouts": ("open_data",),
-    "loader": ("BatchLoader", "CLASS_WEIGHTINGS", "ShardedBatchSampler", "class_weights", "make_loader"),
+    "loader": ("BatchLoader", "CLASS_WEIGHTINGS", "Sampling", "ShardedBatchSampler", "class_weights", "make_loader"),
     "preprocess": ("IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESS_MODES", "Preprocess", "fundus_box", "load_image"),
     "retina": ("RETINOPATHY_CLASSES",),
     "sources": ("IMAGE_EXTENSIONS", "LAYOUT_NEEDS", "UNLABELLED", "DataError", "DataSource", "Split"),

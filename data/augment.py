@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,16 @@ def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return grid
 
 
+@dataclass(frozen=True)
+class Jitter:
+    """How strong the random changes are: a scale range, a shift (share of the side), and the colour
+    strengths (brightness, contrast, saturation, hue; None: COLOUR_JITTER for the preprocessing mode)."""
+
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    colour: tuple[float, float, float, float] | None = None
+
+
 # RGB -> YIQ; hue is a rotation of the (I, Q) plane and saturation scales it
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
@@ -50,23 +61,19 @@ class BatchTransform(torch.nn.Module):
     rotation by any angle; with "upright", a rotation within +-UPRIGHT_DEGREES and no flips; then a
     scale and a shift (one affine warp, zeros = black outside), then brightness, contrast,
     saturation and hue (one 3x3 colour matrix plus an offset). "none" only normalises. Without
-    host syncs. Colour strengths left as None come from COLOUR_JITTER for ``prep.mode``: milder
-    for fundus photos.
+    host syncs. ``jitter`` sets the strengths; by default the colour ones come from COLOUR_JITTER
+    for ``prep.mode``: milder for fundus photos.
     """
 
-    def __init__(self, prep: Preprocess, train: bool, scale: tuple[float, float] = (0.9, 1.1),
-                 translate: float = 0.05, brightness: float | None = None, contrast: float | None = None,
-                 saturation: float | None = None, hue: float | None = None, policy: str = "rotate") -> None:
+    def __init__(self, prep: Preprocess, train: bool, policy: str = "rotate", jitter: Jitter = Jitter()) -> None:
         super().__init__()
         if policy not in AUGMENT_POLICIES:
             raise ValueError(f"unknown augmentation policy {policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}")
         self.policy = policy
         self.augment = train and policy != "none"
-        self.scale, self.translate = scale, translate
-        given = (brightness, contrast, saturation, hue)
-        defaults = COLOUR_JITTER.get(prep.mode, COLOUR_JITTER["center"])
+        self.scale, self.translate = jitter.scale, jitter.translate
         self.brightness, self.contrast, self.saturation, self.hue = (
-            default if value is None else value for value, default in zip(given, defaults))
+            jitter.colour or COLOUR_JITTER.get(prep.mode, COLOUR_JITTER["center"]))
         mean = torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1)
         yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -59,6 +60,18 @@ def _balancing_weights(labels: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- loader
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How a loader orders its images: shuffled (seeded by epoch) or in order, class-balanced, one rank's shard."""
+
+    shuffle: bool = False
+    seed: int = 0
+    drop_last: bool = False
+    balanced: bool = False  # training: draw each class about equally often (needs shuffle)
+    rank: int = 0
+    world_size: int = 1
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of indices for one rank; the order is a pure function of (seed, epoch).
 
@@ -69,15 +82,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
     the ranks like the permutation: each draw goes to exactly one rank.
     """
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1, weights: torch.Tensor | None = None) -> None:
+    def __init__(self, size: int, batch_size: int, sampling: Sampling = Sampling(),
+                 weights: torch.Tensor | None = None) -> None:
+        shuffle, rank, world_size = sampling.shuffle, sampling.rank, sampling.world_size
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
         if weights is not None and (not shuffle or len(weights) != size):
             raise ValueError(f"weighted sampling needs shuffle=True and one weight per item ({size}), "
                              f"got shuffle={shuffle} and {len(weights)} weights")
-        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
-        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, sampling.seed
+        self.drop_last, self.rank, self.world_size = sampling.drop_last, rank, world_size
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch, self.start_batch = 0, 0
 
@@ -145,16 +159,16 @@ class BatchLoader:
             raise DataError(re.sub(r"^[\w.]*DataError: ", "", last)) from None
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int = 0,
-                workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
-                rank: int = 0, world_size: int = 1, balanced: bool = False) -> BatchLoader:
-    """Batches of ``dataset`` for one rank; each batch is one ``__getitems__`` read.
+def make_loader(dataset: ImageDataset, batch_size: int, sampling: Sampling = Sampling(), workers: int = 0,
+                pin_memory: bool = False) -> BatchLoader:
+    """Batches of ``dataset`` for one rank, in order unless ``sampling`` says otherwise; each batch is one
+    ``__getitems__`` read.
 
-    ``balanced`` (training, needs ``shuffle``): each epoch draws its indices with replacement,
+    ``sampling.balanced`` (training, needs ``shuffle``): each epoch draws its indices with replacement,
     image i with probability proportional to 1 / n_(class of i), so that every class is seen
     about equally often; still a pure function of (seed, epoch), with as many batches per epoch
     as without balancing. Rare images repeat within an epoch and common ones are skipped.
     """
-    weights = _balancing_weights(dataset.labels) if balanced else None
-    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size, weights)
+    weights = _balancing_weights(dataset.labels) if sampling.balanced else None
+    sampler = ShardedBatchSampler(len(dataset), batch_size, sampling, weights)
     return BatchLoader(dataset, sampler, workers, pin_memory)

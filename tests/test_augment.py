@@ -12,11 +12,11 @@ import torch
 import train as train_script
 from conftest import draw_cell, write_lab_dataset
 from core.checkpoint import load_checkpoint
-from data import BatchTransform, Preprocess, default_augment
+from data import BatchTransform, Jitter, Preprocess, default_augment
 from data.augment import UPRIGHT_DEGREES
 
 PIXELS = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # output = pixels in [0, 1]
-NO_COLOUR = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
+NO_COLOUR = Jitter(colour=(0.0, 0.0, 0.0, 0.0))
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "1", "--workers", "0", "--device", "cpu"]
 
 
@@ -48,7 +48,7 @@ def bar_angle_and_dot_side(out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def test_upright_keeps_the_image_upright_within_its_rotation_bound() -> None:
     torch.manual_seed(0)
-    out = BatchTransform(PIXELS, train=True, policy="upright", **NO_COLOUR)(bar(64))
+    out = BatchTransform(PIXELS, train=True, policy="upright", jitter=NO_COLOUR)(bar(64))
     angles, above = bar_angle_and_dot_side(out)
     assert np.abs(angles).max() <= UPRIGHT_DEGREES + 1.5  # 1.5 degrees: pixel grid and the dot's pull
     assert np.abs(angles).max() > UPRIGHT_DEGREES / 2  # it does tilt
@@ -59,14 +59,14 @@ def test_upright_never_mirrors_left_and_right() -> None:
     torch.manual_seed(1)
     img = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
     img[..., 4:28, 2:10] = 255  # a block on the left
-    out = BatchTransform(PIXELS, train=True, policy="upright", **NO_COLOUR)(img.expand(64, 3, 32, 32).clone())
+    out = BatchTransform(PIXELS, train=True, policy="upright", jitter=NO_COLOUR)(img.expand(64, 3, 32, 32).clone())
     left, right = out[:, 0, :, :16].sum(dim=(1, 2)), out[:, 0, :, 16:].sum(dim=(1, 2))
     assert (left > right).all()
 
 
 def test_rotate_turns_by_any_angle_and_flips() -> None:
     torch.manual_seed(0)
-    out = BatchTransform(PIXELS, train=True, policy="rotate", **NO_COLOUR)(bar(64))
+    out = BatchTransform(PIXELS, train=True, policy="rotate", jitter=NO_COLOUR)(bar(64))
     angles, above = bar_angle_and_dot_side(out)
     assert np.abs(angles).max() > 45
     assert not above.all()

@@ -16,7 +16,7 @@ import data.cache  # noqa: E402
 import data.preprocess  # noqa: E402
 from dataloader import (  # noqa: E402
     UNLABELLED, BatchTransform, DataError, ImageDataset, LeukemiaLoader, Preprocess, fit_preprocess,
-    load_image, make_loader, open_data,
+    Sampling, load_image, make_loader, open_data,
 )
 
 SIDE = 40  # generated images are SIDE x SIDE
@@ -277,7 +277,7 @@ def test_broken_image_is_named_when_building_the_cache_and_no_cache_is_left(lab:
 
 def test_broken_image_read_in_a_worker_process_is_still_one_line(lab: Path, prep: Preprocess) -> None:
     (lab / "train" / "1.bmp").write_bytes(b"")
-    loader = make_loader(ImageDataset(open_data(lab).split("train"), prep), 2, shuffle=False, workers=1)
+    loader = make_loader(ImageDataset(open_data(lab).split("train"), prep), 2, workers=1)
     with pytest.raises(DataError, match=r"^cannot decode image .*train/1\.bmp") as caught:
         list(loader)
     assert "\n" not in str(caught.value)
@@ -453,18 +453,18 @@ def order(loader: data.BatchLoader) -> list[int]:
 
 
 def test_shuffle_order_depends_only_on_seed_and_epoch() -> None:
-    loader = make_loader(index_dataset(20), batch_size=4, shuffle=True, seed=7)
+    loader = make_loader(index_dataset(20), 4, Sampling(shuffle=True, seed=7))
     loader.set_epoch(3)
     first = order(loader)
     loader.set_epoch(4)
     other_epoch = order(loader)
-    fresh = make_loader(index_dataset(20), batch_size=4, shuffle=True, seed=7)
+    fresh = make_loader(index_dataset(20), 4, Sampling(shuffle=True, seed=7))
     fresh.set_epoch(3)
     assert order(fresh) == first != other_epoch and sorted(first) == list(range(20))
 
 
 def test_start_batch_skips_exactly_that_many_batches() -> None:
-    loader = make_loader(index_dataset(22), batch_size=4, shuffle=True, seed=1)
+    loader = make_loader(index_dataset(22), 4, Sampling(shuffle=True, seed=1))
     loader.set_epoch(2)
     full = [labels.tolist() for _, labels in loader]
     loader.set_epoch(2, start_batch=3)
@@ -472,12 +472,12 @@ def test_start_batch_skips_exactly_that_many_batches() -> None:
 
 
 def test_evaluation_shards_are_disjoint_and_cover_every_image_once() -> None:
-    shards = [order(make_loader(index_dataset(23), 4, shuffle=False, rank=r, world_size=3)) for r in range(3)]
+    shards = [order(make_loader(index_dataset(23), 4, Sampling(shuffle=False, rank=r, world_size=3))) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(23))
 
 
 def test_training_shards_pad_so_every_rank_has_the_same_batches() -> None:
-    loaders = [make_loader(index_dataset(23), 4, shuffle=True, rank=r, world_size=3) for r in range(3)]
+    loaders = [make_loader(index_dataset(23), 4, Sampling(shuffle=True, rank=r, world_size=3)) for r in range(3)]
     shards = [order(loader) for loader in loaders]
     assert {len(loader) for loader in loaders} == {2} and {len(s) for s in shards} == {8}
     assert set(sum(shards, [])) == set(range(23))  # 24 slots: one image wraps around
@@ -485,7 +485,7 @@ def test_training_shards_pad_so_every_rank_has_the_same_batches() -> None:
 
 def test_loader_with_worker_processes_yields_the_same_batches(lab: Path, prep: Preprocess, tmp_path: Path) -> None:
     dataset = ImageDataset(open_data(lab).split("train"), prep, tmp_path / "cache")
-    serial, parallel = (make_loader(dataset, 4, shuffle=True, seed=5, workers=w) for w in (0, 2))
+    serial, parallel = (make_loader(dataset, 4, Sampling(shuffle=True, seed=5), workers=w) for w in (0, 2))
     for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 

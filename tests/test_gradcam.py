@@ -32,7 +32,8 @@ def run(lab_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     learner = engine.Learner(model, nn.CrossEntropyLoss(), optimizer, scaler, data.BatchTransform(prep, train=True), rt)
     model.train()
-    for images, labels in data.make_loader(data.ImageDataset(source.splits["train"], prep), 8, shuffle=True):
+    train_set = data.ImageDataset(source.splits["train"], prep)
+    for images, labels in data.make_loader(train_set, 8, data.Sampling(shuffle=True)):
         engine.train_step(learner, images, labels)
     folder = tmp_path_factory.mktemp("storage") / "r18"
     save_checkpoint({"arch": "resnet18", "num_classes": len(source.classes), "classes": list(source.classes),

@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataloader import (  # noqa: E402
     RETINOPATHY_CLASSES, UNLABELLED, BatchTransform, DataError, ImageDataset, Preprocess, RetinopathyLoader,
-    class_weights, fundus_box, load_image, make_loader, open_data,
+    Sampling, class_weights, fundus_box, load_image, make_loader, open_data,
 )
+from data import Jitter  # noqa: E402
 
 ORANGE = (230, 120, 40)
 # Ten patients, both eyes each; the right eye is at most as sick as the left.
@@ -360,15 +361,16 @@ def epoch_indices(loader, epoch: int, start_batch: int = 0) -> list[int]:
 
 
 def test_balanced_sampling_sees_both_classes_about_equally_often() -> None:
-    loader = make_loader(labelled_indices(NINETY_TEN), 10, shuffle=True, seed=3, balanced=True)
+    loader = make_loader(labelled_indices(NINETY_TEN), 10, Sampling(shuffle=True, seed=3, balanced=True))
     drawn = [i for epoch in range(5) for i in epoch_indices(loader, epoch)]
     rare = sum(i >= 90 for i in drawn) / len(drawn)
     assert len(drawn) == 500 and 0.4 < rare < 0.6  # 0.1 without balancing
 
 
 def test_balanced_sampling_depends_only_on_seed_and_epoch() -> None:
-    first = epoch_indices(make_loader(labelled_indices(NINETY_TEN), 10, shuffle=True, seed=3, balanced=True), 2)
-    loader = make_loader(labelled_indices(NINETY_TEN), 10, shuffle=True, seed=3, balanced=True)
+    balanced = Sampling(shuffle=True, seed=3, balanced=True)
+    first = epoch_indices(make_loader(labelled_indices(NINETY_TEN), 10, balanced), 2)
+    loader = make_loader(labelled_indices(NINETY_TEN), 10, Sampling(shuffle=True, seed=3, balanced=True))
     assert epoch_indices(loader, 2) == first != epoch_indices(loader, 1)
     assert epoch_indices(loader, 2, start_batch=4) == first[40:]
 
@@ -376,24 +378,25 @@ def test_balanced_sampling_depends_only_on_seed_and_epoch() -> None:
 def test_balanced_sampling_keeps_the_number_of_batches_per_epoch() -> None:
     for drop_last in (False, True):
         for world_size in (1, 3):
-            plain, balanced = (make_loader(labelled_indices(NINETY_TEN), 16, shuffle=True, drop_last=drop_last,
-                                           rank=world_size - 1, world_size=world_size, balanced=b)
-                               for b in (False, True))
+            orders = (Sampling(shuffle=True, drop_last=drop_last, balanced=b, rank=world_size - 1,
+                               world_size=world_size) for b in (False, True))
+            plain, balanced = (make_loader(labelled_indices(NINETY_TEN), 16, order) for order in orders)
             assert len(balanced) == len(plain) == len(list(balanced))
 
 
 def test_balanced_rank_shards_deal_out_one_draw() -> None:
-    whole = epoch_indices(make_loader(labelled_indices(NINETY_TEN), 5, shuffle=True, balanced=True), 0)
-    shards = [epoch_indices(make_loader(labelled_indices(NINETY_TEN), 5, shuffle=True, balanced=True,
-                                        rank=r, world_size=2), 0) for r in range(2)]
+    whole = epoch_indices(make_loader(labelled_indices(NINETY_TEN), 5, Sampling(shuffle=True, balanced=True)), 0)
+    shards = [epoch_indices(make_loader(labelled_indices(NINETY_TEN), 5,
+                                        Sampling(shuffle=True, balanced=True, rank=r, world_size=2)), 0)
+              for r in range(2)]
     assert shards[0] == whole[0::2] and shards[1] == whole[1::2]
 
 
 def test_balanced_sampling_needs_labels_and_shuffle() -> None:
     with pytest.raises(ValueError, match="unlabelled"):
-        make_loader(labelled_indices([UNLABELLED] * 4), 2, shuffle=True, balanced=True)
+        make_loader(labelled_indices([UNLABELLED] * 4), 2, Sampling(shuffle=True, balanced=True))
     with pytest.raises(ValueError, match="shuffle=True"):
-        make_loader(labelled_indices([0, 1]), 2, shuffle=False, balanced=True)
+        make_loader(labelled_indices([0, 1]), 2, Sampling(shuffle=False, balanced=True))
 
 
 # -------------------------------------------------------------- fundus augmentation
@@ -403,4 +406,5 @@ def test_batch_transform_uses_mild_colour_jitter_for_fundus_photos() -> None:
     fundus_tf, cells_tf = BatchTransform(Preprocess(mode="fundus"), True), BatchTransform(Preprocess(), True)
     assert (fundus_tf.brightness, fundus_tf.contrast, fundus_tf.saturation, fundus_tf.hue) == (0.1, 0.1, 0.1, 0.02)
     assert (cells_tf.brightness, cells_tf.contrast, cells_tf.saturation, cells_tf.hue) == (0.2, 0.2, 0.2, 0.04)
-    assert BatchTransform(Preprocess(mode="fundus"), True, brightness=0.3).brightness == 0.3
+    strong = Jitter(colour=(0.3, 0.1, 0.1, 0.02))
+    assert BatchTransform(Preprocess(mode="fundus"), True, jitter=strong).brightness == 0.3

@@ -124,7 +124,7 @@ def ours_rows(split: data.Split, image_size: int, batch_size: int, epochs: int, 
     build = time.perf_counter() - start
     rows = [{"variant": "ours: cache build (once per data set and size)", "images": len(split),
              "seconds": round(build, 3), "images_per_s": round(len(split) / build, 1)}]
-    loader = data.make_loader(dataset, batch_size, shuffle=True, seed=0)
+    loader = data.make_loader(dataset, batch_size, data.Sampling(shuffle=True, seed=0))
     augment = data.BatchTransform(prep, train=True)
     for name, step in (("loader only", None), ("loader + BatchTransform(train) on CPU", augment)):
         runs = []

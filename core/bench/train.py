@@ -184,8 +184,8 @@ def make_trainer(arch: str, bench: BenchData, rt: engine.Runtime, batch_size: in
     """train.fit's objects with its defaults (AdamW, cosine schedule, label smoothing 0.1)."""
     model, raw = make_model(arch, bench.num_classes, rt, compile)
     cuda = rt.device.type == "cuda"
-    loader = data.make_loader(bench.train_set, batch_size, shuffle=True, seed=0, workers=workers,
-                              pin_memory=cuda, drop_last=True)
+    loader = data.make_loader(bench.train_set, batch_size, data.Sampling(shuffle=True, drop_last=True),
+                              workers=workers, pin_memory=cuda)
     optimizer = engine.make_optimizer(raw, "adamw", LEARNING_RATE, 0.9, WEIGHT_DECAY, rt.device)
     steps = len(loader)
     learner = engine.Learner(model, torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING), optimizer,
@@ -244,8 +244,7 @@ def benchmark_predict(arch: str, bench: BenchData, rt: engine.Runtime, batch_siz
     """engine.predict images/s over the valid split (median of ``passes`` after one warm-up pass)."""
     torch.manual_seed(0)
     model, _ = make_model(arch, bench.num_classes, rt, compile)
-    loader = data.make_loader(bench.valid_set, batch_size, shuffle=False, workers=workers,
-                              pin_memory=rt.device.type == "cuda")
+    loader = data.make_loader(bench.valid_set, batch_size, workers=workers, pin_memory=rt.device.type == "cuda")
     transform = data.BatchTransform(bench.prep, train=False).to(rt.device)
     engine.predict(model, loader, transform, rt, show=False)
     runs = []
