@@ -22,6 +22,7 @@ from core import distributed, engine
 from core.checkpoint import CheckpointError, preprocess_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from core.config import TrainConfig
 from core.ema import ModelEMA
+from core.phases import Phases
 from core.errors import UserError
 from core.hardware import make_runtime, out_of_memory_message
 from core.pretrained import load_pretrained
@@ -71,6 +72,7 @@ class Run:
     last_save: float = field(default_factory=time.monotonic)
     tb: Any = None  # core.tensorboard.TensorBoardLog with --tensorboard (main process only)
     ema: ModelEMA | None = None  # with --ema: what is validated and saved in best.pt
+    phases: Phases = field(default_factory=Phases)  # wall time per phase -> timing.json
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -88,8 +90,16 @@ class Run:
                 **{k: getattr(self.counters, k) for k in COUNTERS}, "sums": sums.state_dict() if sums else None,
                 **({"ema": self.ema.state_dict()} if self.ema else {})}
 
+    def best_state(self, row: dict[str, float]) -> dict[str, Any]:
+        """What best.pt holds: the weights that were validated and the metadata eval.py needs, no training
+        state (optimizer, scaler, RNGs: three times the weights' size; last.pt keeps them)."""
+        c = self.counters
+        return {**self.meta, "model": self.evaluated.state_dict(), "epoch": c.epoch, "step": c.step,
+                "best_acc": c.best_acc, "best_epoch": c.best_epoch, "history": c.history, "valid": row}
+
     def save_last(self, sums: engine.EpochSums | None, extra: dict[str, Any] | None = None) -> None:
-        save_checkpoint({**self.snapshot(sums), **(extra or {})}, self.run_dir / "last.pt")
+        with self.phases.time("checkpoints"):
+            save_checkpoint({**self.snapshot(sums), **(extra or {})}, self.run_dir / "last.pt")
         self.last_save = time.monotonic()
 
 
@@ -97,7 +107,10 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
         resume: Resume | None) -> Path:
     """Train one architecture for cfg.epochs, writing the run folder as it goes; returns it."""
     cfg = replace(cfg, augment=cfg.augment or data.default_augment(source.layout))  # stored as chosen
-    run = setup(arch, cfg, source, device, dist, resume)
+    phases = Phases(sync=torch.cuda.synchronize if device.type == "cuda" else None)
+    with phases.time("setup"):
+        run = setup(arch, cfg, source, device, dist, resume)
+    run.phases = phases
     stop = StopSignal()  # before the first print, so a signal from now on saves last.pt
     if dist.is_main:
         announce(run, source)
@@ -109,7 +122,9 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
                     else engine.EpochSums.zeros(device))
             if run.tb:
                 run.tb.start_epoch(sums.loss, sums.seen)
-            if not train_epoch(run, epoch, sums, stop):
+            with phases.time("train steps"):
+                done = train_epoch(run, epoch, sums, stop)
+            if not done:
                 raise SystemExit(stop.exit_message(run.run_dir, epoch + 1, run.counters.step))
             end_epoch(run, epoch, sums)
     except torch.OutOfMemoryError:
@@ -150,7 +165,8 @@ def train_epoch(run: Run, epoch: int, sums: engine.EpochSums, stop: StopSignal) 
 
 def end_epoch(run: Run, epoch: int, sums: engine.EpochSums) -> None:
     """Validate, append the history row, write history.csv, best.pt (if better) and last.pt."""
-    row = validate(run, sums, epoch)
+    with run.phases.time("validation"):
+        row = validate(run, sums, epoch)
     c = run.counters
     c.history.append(row)
     best = row["valid_acc"] > c.best_acc
@@ -158,10 +174,11 @@ def end_epoch(run: Run, epoch: int, sums: engine.EpochSums) -> None:
         c.best_acc, c.best_epoch = row["valid_acc"], epoch + 1
     c.epoch, c.step, c.sums = epoch + 1, 0, None
     if run.dist.is_main:
-        write_history(run.run_dir, c.history)
+        with run.phases.time("history"):
+            write_history(run.run_dir, c.history)
         if best:
-            weights = {"model": run.ema.state_dict()} if run.ema else {}  # eval.py reads "model"
-            save_checkpoint({**run.snapshot(None), **weights, "valid": row}, run.run_dir / "best.pt")
+            with run.phases.time("checkpoints"):
+                save_checkpoint(run.best_state(row), run.run_dir / "best.pt")
         run.save_last(None, {"valid": row})
         print(epoch_line(row, run.cfg.epochs, best), flush=True)
 
@@ -192,6 +209,8 @@ def finish(run: Run) -> None:
         name = display_name(run.arch)
         if run.dist.enabled:
             print(f"{name}: parameters identical on all {run.dist.world_size} processes")
+        print(f"{name}: {run.phases.line()}")
+        write_json(run.run_dir / "timing.json", run.phases.summary())  # this process's share of the run
         print(f"{name}: best valid accuracy {run.counters.best_acc:.2%} at epoch {run.counters.best_epoch}; "
               f"weights {run.run_dir / 'best.pt'}\n  evaluate: python eval.py -m {run.run_dir}")
 
