@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import data
 from core.cli import model_name
-from core.config import AUGMENT_POLICIES, DEFAULT_LR, DEFAULT_WD, RESUME_OVERRIDES, TrainConfig, check_config
+from core.config import (AUGMENT_POLICIES, COMPILE_MODES, DEFAULT_LR, DEFAULT_WD, REFERENCE_BATCH, RESUME_OVERRIDES,
+                         TrainConfig, check_config)
 from core.errors import run_cli
 from models import ARCHITECTURES, display_name
 
@@ -23,7 +24,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", nargs="+", type=model_name, default=["resnet18"], metavar="MODEL",
                    help="one or more of " + ", ".join(display_name(n) for n in ARCHITECTURES) + " (default ResNet18)")
     p.add_argument("-e", "--epochs", type=int, help="number of epochs (default 20)")
-    p.add_argument("-b", "--batch_size", type=int, default=32, help="batch size per process (default 32)")
+    p.add_argument("-b", "--batch_size", type=int,
+                   help="batch size per process (default 32; on a GPU 256, with the learning rate scaled to it)")
     p.add_argument("-o", "--optimizer", choices=sorted(DEFAULT_LR), default="adamw", help="default adamw")
     p.add_argument("-r", "--learning_rate", type=float,
                    help="peak learning rate (default 0.05 for sgd, 1e-3 for adam/adamw)")
@@ -72,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last memory format (default: on for CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="torch.compile mode (implies --compile): default, reduce-overhead (CUDA graphs), "
+                        "max-autotune (longest start)")
     p.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across GPUs (torchrun)")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="decode images on every access instead of the decode-once cache in <out>/cache/")
@@ -93,14 +98,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Fill the optimizer-dependent defaults and check ranges (UserError on a bad value)."""
     cfg = TrainConfig(
         models=tuple(dict.fromkeys(args.model)), epochs=20 if args.epochs is None else args.epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer,
+        batch_size=args.batch_size or REFERENCE_BATCH, optimizer=args.optimizer,
         learning_rate=DEFAULT_LR[args.optimizer] if args.learning_rate is None else args.learning_rate,
         momentum=args.momentum,
         weight_decay=DEFAULT_WD[args.optimizer] if args.weight_decay is None else args.weight_decay,
         scheduler=args.scheduler, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         data=args.data, layout=args.layout, split=args.split, image_size=args.image_size, head=args.head,
         zero_init_residual=args.zero_init_residual, seed=args.seed, device=args.device, workers=args.workers,
-        amp=args.amp, channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
+        amp=args.amp, channels_last=args.channels_last, compile=args.compile or args.compile_mode != "default",
+        compile_mode=args.compile_mode, sync_bn=args.sync_bn,
         cache=args.cache, out=args.out, name=args.name, save_every=args.save_every,
         save_minutes=args.save_minutes, pretrained=args.pretrained,
         freeze_epochs=args.freeze_epochs, backbone_lr_scale=args.backbone_lr_scale,
@@ -116,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from core import cv, distributed  # torch loads here, after parsing, so that --help is instant
     from core.checkpoint import load_checkpoint, resolve_checkpoint
+    from core.gpu_defaults import cuda_defaults
     from core.hardware import pick_device
     from core.runs import pick_run
     from core.trainer import Resume, check_writable, fit
@@ -135,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     make_deterministic(cfg.deterministic)  # before anything touches CUDA
     device = pick_device(cfg.device)
+    if device.type == "cuda" and args.batch_size is None and not ckpt and not cv_dir:
+        cfg, note = cuda_defaults(cfg, lr_given=args.learning_rate is not None)
+        print(note)
     dist, device = distributed.init_distributed(device)
     try:
         if dist.is_main:

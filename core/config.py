@@ -7,9 +7,11 @@ from core.errors import UserError
 from data.choices import AUGMENT_POLICIES
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+REFERENCE_BATCH = 32  # the lab's batch; DEFAULT_LR was tuned at it (core/gpu_defaults.py scales from it)
 DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
-RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile", "tensorboard",
-                    "deterministic")
+RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile", "compile_mode",
+                    "tensorboard", "deterministic")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool | None = None
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead, max-autotune
     sync_bn: bool = False
     cache: bool = True
     out: str = "storage"

@@ -307,7 +307,7 @@ def make_model(arch: str, num_classes: int, cfg: TrainConfig, rt: engine.Runtime
         raw, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
         find_unused_parameters=cfg.freeze_epochs > 0) if dist.enabled else raw
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     return raw, model
 
 
