@@ -6,7 +6,6 @@ every probability written; dividing all logits by one positive number keeps ever
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from sklearn.calibration import calibration_curve
 
-from core.errors import UserError
-from core.runs import write_json
+from core.runs import read_saved, write_json
 
 FILE = "temperature.json"
 BINS = 15
@@ -62,14 +60,4 @@ def save(folder: Path, temperature: float, before: dict[str, float], after: dict
 
 def load(folder: Path) -> dict[str, Any] | None:
     """The saved temperature of a run, or None; UserError if the file is damaged."""
-    path = folder / FILE
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-        if not float(saved["temperature"]) > 0:
-            raise ValueError("not positive")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: cannot read the saved temperature ({exc.__class__.__name__}); delete it or "
-                        f"fit one again with --calibrate") from None
-    return saved
+    return read_saved(folder / FILE, "temperature", lambda t: t > 0, "fit one again with --calibrate")

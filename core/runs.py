@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -77,6 +77,23 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise UserError(f"{path}: holds a JSON {type(config).__name__}, not the settings of a run")
     return config
+
+
+def read_saved(path: Path, field: str, valid: Callable[[float], bool], redo: str) -> dict[str, Any] | None:
+    """A small JSON that eval.py saved (operating point, temperature) or None if absent.
+
+    UserError if it cannot be read or its number ``field`` fails ``valid``; ``redo`` says how to make it again.
+    """
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if not valid(float(saved[field])):
+            raise ValueError(f"{field} out of range")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: cannot read the saved {field} ({exc.__class__.__name__}); delete it or "
+                        f"{redo}") from None
+    return saved
 
 
 def read_confusion(path: Path) -> tuple[np.ndarray, list[str]]:

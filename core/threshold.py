@@ -7,7 +7,6 @@ CSV; later evaluations of the run read it back. Without one the threshold is 0.5
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from core.errors import UserError
-from core.runs import write_json
+from core.runs import read_saved, write_json
 
 FILE = "operating_point.json"
 DEFAULT = 0.5
@@ -76,13 +75,4 @@ def save(folder: Path, rule: str, threshold: float, positive_class: str) -> None
 
 def load(folder: Path) -> dict[str, Any] | None:
     """The saved operating point of a run, or None; UserError if the file is damaged."""
-    path = folder / FILE
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-        float(saved["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: cannot read the saved threshold ({exc.__class__.__name__}); delete it or "
-                        f"choose one again with --threshold") from None
-    return saved
+    return read_saved(folder / FILE, "threshold", lambda _: True, "choose one again with --threshold")
