@@ -45,15 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         raise UserError(f"-b/--batch_size must be at least 1 (got {args.batch_size})")
     from core import predict
+    from core.ensemble import load_members
     from core.hardware import make_runtime, pick_device
     from core.runs import write_text_atomic
     from models import display_name
 
     rt = make_runtime(pick_device(args.device), amp=None, channels_last=None)
-    members = [predict.load_member(spec, rt) for spec in args.model_path]
-    classes = predict.check_same_classes(members)
+    members = load_members(args.model_path, rt)  # the same models eval.py would build
+    classes = members[0].classes
     threshold = choose_threshold(args, members, classes)
-    output = Path(args.output) if args.output else members[0].run_dir / "predict" / "predictions.csv"
+    output = Path(args.output) if args.output else members[0].path.parent / "predict" / "predictions.csv"
     cam_dir = None if args.cam is None else Path(args.cam) if args.cam else output.parent / "gradcam"
     items = predict.collect_images(args.images)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -73,11 +74,11 @@ def choose_threshold(args: argparse.Namespace, members: list, classes: tuple[str
     from core.predict import Threshold, class_index, read_operating_point
 
     if args.threshold is None and args.positive_class is None:
-        return read_operating_point(members[0].run_dir, classes) if len(members) == 1 else None
+        return read_operating_point(members[0].path.parent, classes) if len(members) == 1 else None
     if len(classes) != 2:
         raise UserError(f"--threshold and --positive-class need a two-class model; this one has {len(classes)} "
                         f"classes ({', '.join(classes)})")
-    saved = read_operating_point(members[0].run_dir, classes) if len(members) == 1 else None
+    saved = read_operating_point(members[0].path.parent, classes) if len(members) == 1 else None
     positive = (class_index(args.positive_class, classes, "--positive-class") if args.positive_class is not None
                 else saved.positive if saved else 1)
     value = args.threshold if args.threshold is not None else saved.value if saved else 0.5

@@ -1,7 +1,7 @@
 """Classify new images with one or more trained runs: what predict.py does.
 
     inputs (files, folders, globs, CSVs) -> image paths          collect_images
-    run folders / checkpoints            -> Members (model + its preprocessing)   load_member
+    run folders / checkpoints            -> Members (model + its preprocessing)   core.ensemble.load_members
     paths, batch by batch                -> probabilities (averaged over members), decisions, Grad-CAM overlays
 
 An image that cannot be read gets a row with an error message and no prediction; the others
@@ -27,8 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from core import engine
-from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
-                             resolve_checkpoint)
+from core.ensemble import Member
 from core.errors import UserError
 from core.gradcam import OVERLAY, heat_maps
 from data import BatchTransform, DataError, Preprocess, load_image
@@ -36,21 +35,6 @@ from data.sources import IMAGE_EXTENSIONS, column, natural_key, read_csv, resolv
 
 GLOB_CHARS = set("*?[")
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # decoding, not the model, limits prediction on a GPU
-
-
-@dataclass(frozen=True)
-class Member:
-    """One trained model, ready on its device, with the preprocessing it was trained with."""
-
-    path: Path  # the checkpoint file
-    arch: str
-    model: torch.nn.Module
-    prep: Preprocess
-    classes: tuple[str, ...]
-
-    @property
-    def run_dir(self) -> Path:
-        return self.path.parent
 
 
 @dataclass(frozen=True)
@@ -76,26 +60,6 @@ class PredictOptions:
     tta: bool = False
     threshold: Threshold | None = None
     cam_dir: Path | None = None  # write one Grad-CAM overlay PNG per image here
-
-
-def load_member(spec: str | Path, rt: engine.Runtime) -> Member:
-    """A run folder, checkpoint or 'latest' -> its model (eval mode, on ``rt.device``) and preprocessing."""
-    path = resolve_checkpoint(spec, prefer="best.pt")
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, path).eval()
-    model = model.to(rt.device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
-    classes = tuple(map(str, ckpt.get("classes") or range(ckpt["num_classes"])))
-    return Member(path, ckpt["arch"], model, preprocess_from_checkpoint(ckpt, path), classes)
-
-
-def check_same_classes(members: Sequence[Member]) -> tuple[str, ...]:
-    """The class names all members share; CheckpointError if they differ (no ensemble possible)."""
-    first = members[0]
-    for m in members[1:]:
-        if m.classes != first.classes:
-            raise CheckpointError(f"{m.path} predicts {', '.join(m.classes)} but {first.path} predicts "
-                                  f"{', '.join(first.classes)}; an ensemble needs the same classes")
-    return first.classes
 
 
 # ------------------------------------------------------------------------------------ inputs
