@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from core.engine import Runtime
     from core.export import TOLERANCE, export_onnx
-    from core.predict import load_member
+    from core.ensemble import load_member
     from models import display_name
 
     member = load_member(args.model_path, Runtime(torch.device("cpu")))

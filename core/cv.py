@@ -24,10 +24,10 @@ import torch
 import data
 from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint
-from core.config import TrainConfig
+from core.config import TrainConfig, check_config
 from core.cvsummary import FOLD_DIR, format_table, write_summary
 from core.errors import UserError
-from core.runs import is_cv_run, pick_run, link_latest, read_config, write_json, write_text_atomic
+from core.runs import is_cv_run, link_latest, pick_run, read_config, write_json, write_text_atomic
 from core.trainer import Resume, fit, new_run_dir
 from data.folds import assign_folds, describe_folds, fold_source, pooled, read_folds
 from models import display_name
@@ -48,13 +48,18 @@ def cv_folder(path: str | Path, storage: Path = Path("storage"), folds_too: bool
 
 
 def resumed_config(cv_dir: Path, changes: dict[str, Any]) -> TrainConfig:
-    """The CV run's own settings from cv.json, with ``changes`` (the flags given to resume) applied."""
-    saved = read_config(cv_dir)  # config.json: the same settings; cv.json marks the folder
+    """The CV run's own settings (its config.json), with ``changes`` (the flags given to resume) applied."""
+    saved = read_config(cv_dir)
     names = {f.name for f in fields(TrainConfig)}
-    if not saved.get("folds"):
-        raise UserError(f"{cv_dir / 'config.json'}: no 'folds' setting; is this a CV run of train.py --folds?")
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
-    return replace(cfg, **changes)
+    if not isinstance(saved.get("folds"), int) or saved["folds"] < 2:
+        raise UserError(f"{cv_dir / 'config.json'}: no valid 'folds' setting; the file is damaged")
+    try:
+        cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
+        cfg = replace(cfg, **changes)
+        check_config(cfg)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{cv_dir / 'config.json'}: invalid settings ({exc}); the file is damaged") from None
+    return cfg
 
 
 def run_cv(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.device, dist: distributed.Dist,
@@ -66,7 +71,8 @@ def run_cv(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.d
         cv_info = {"folds": cfg.folds, "arch": arch, "model": display_name(arch), "seed": cfg.seed,
                    "split": cfg.split, "assignment": FOLDS_FILE, "how": describe_folds(table)}
         write_json(cv_dir / CV_FILE, cv_info)
-        command = " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0].endswith(".py") else None
+        command = read_config(cv_dir).get("command") or (  # a resume keeps the command that started the run
+            " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0].endswith(".py") else None)
         write_json(cv_dir / "config.json", {"arch": arch, "model": f"{display_name(arch)} {cfg.folds}-fold CV",
                                             **asdict(replace(cfg, models=(arch,))), "command": command})
         link_latest(Path(cfg.out), cv_dir)

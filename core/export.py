@@ -16,7 +16,8 @@ import torch
 
 from core.errors import UserError
 from core.extras import require
-from core.predict import Member, read_operating_point
+from core.ensemble import Member
+from core.predict import read_operating_point
 from core.runs import write_json
 
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted on the logits
@@ -82,7 +83,7 @@ def verify(model: torch.nn.Module, path: Path, size: int, seed: int) -> float:
 def preprocess_info(member: Member, opset: int) -> dict[str, Any]:
     """What another program needs to feed the ONNX model the pixels the run was trained on."""
     prep = member.prep
-    point = read_operating_point(member.run_dir, member.classes)
+    point = read_operating_point(member.path.parent, member.classes)
     return {
         "input": INPUT_NAME, "output": OUTPUT_NAME, "output_kind": "logits (softmax gives probabilities)",
         "layout": "N x 3 x H x W float32, RGB",
