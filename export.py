@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models import display_name
 
     member = load_member(args.model_path, Runtime(torch.device("cpu")))
-    output = Path(args.output) if args.output else member.run_dir / "export" / f"{member.arch}.onnx"
+    output = Path(args.output) if args.output else member.path.parent / "export" / f"{member.arch}.onnx"
     print(f"{display_name(member.arch)} from {member.path} -> {output} (dynamic batch size)")
     result = export_onnx(member, output)
     print(f"onnxruntime vs PyTorch on random input: max abs difference {result.max_abs_diff:.2e} "
