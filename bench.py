@@ -7,7 +7,8 @@
 
 Sections: models (training-step img/s, ours vs torchvision), pipeline (the seeds' PIL way vs our
 cache + BatchTransform), train (end-to-end epochs through train.py's functions on a generated demo
-set, or --data), eval (engine.predict over the valid split), memory (peak and growth during train).
+set, or --data), eval (engine.predict over the valid split), memory (peak and growth during train),
+lab (train.py's fit() with validation and checkpoints; where the wall time goes, from timing.json).
 Every result goes to --json with the device, library versions, threads, date and load average.
 
 Default sizes: see SIZES. On the CPU they keep a full run near 10 minutes on 2 cores: 224 px;
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["models"] = timed_section(lambda: run_models(cfg.sizes, rt))
         if "pipeline" in cfg.sections:
             report["pipeline"] = timed_section(lambda: run_pipeline(cfg.sizes, cfg.threads, cfg.work_dir))
-        if {"train", "eval", "memory"} & set(cfg.sections):
+        if {"train", "eval", "memory", "lab"} & set(cfg.sections):
             report.update(run_end_to_end(cfg, rt))
     except torch.OutOfMemoryError:
         raise UserError(out_of_memory_message(cfg.sizes.batch_size, cfg.sizes.image_size)) from None

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,3 +35,16 @@ def test_quick_train_and_memory_sections_write_positive_numbers_to_json(tmp_path
     verdicts = {row["target"]: row["verdict"] for row in report["targets"]}
     assert verdicts["ResNet18 training >= 10,000 img/s (1x H100, 224 px)"] == "not measured (no GPU)"
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the demo set and caches are cleaned up
+
+
+def test_quick_lab_section_splits_a_real_run_into_phases_that_add_up(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "bench.py", "--quick", "--device", "cpu", "--sections", "lab",
+                    "--json", str(out), "--work-dir", str(tmp_path)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, text=True, timeout=120)
+    (row,) = json.loads(out.read_text())["lab"]["rows"]
+    phases = [row[p] for p in ("setup", "train steps", "validation", "checkpoints", "other")]
+    assert all(p >= 0 for p in phases) and row["train steps"] > 0 and row["checkpoints"] > 0
+    assert sum(phases) + row.get("history", 0) == pytest.approx(row["total"], rel=0.02)
+    assert row["outside_steps_share"] == pytest.approx(1 - row["train steps"] / row["total"], abs=1e-3)

@@ -13,12 +13,14 @@ from typing import Any, Callable
 import torch
 import torchvision
 
+from core.bench.lab import benchmark_lab, format_lab
 from core.bench.models import benchmark_models
 from core.bench.models import format_table as format_models
 from core.bench.pipeline import benchmark_pipeline
 from core.bench.pipeline import format_table as format_pipeline
 from core.bench.train import (LAB_TEST_IMAGES, LAB_TRAIN_IMAGES, BenchData, benchmark_predict, benchmark_training,
                               open_bench_data, write_demo_data)
+from core.config import TrainConfig
 from core.engine import Runtime
 from core.errors import UserError
 from models import MODELS, display_name
@@ -139,7 +141,7 @@ def run_pipeline(sizes: Sizes, threads: int | None, work_dir: Path | None) -> di
 
 
 def run_end_to_end(cfg: BenchConfig, rt: Runtime) -> dict[str, dict[str, Any]]:
-    """The train, eval and memory sections asked for, on one data set opened once."""
+    """The train, eval, memory and lab sections asked for, on one data set opened once."""
     sizes, results = cfg.sizes, {}
     with tempfile.TemporaryDirectory(dir=cfg.work_dir, prefix="bench-") as tmp:
         bench = open_data_for_bench(cfg, Path(tmp))
@@ -168,6 +170,15 @@ def run_end_to_end(cfg: BenchConfig, rt: Runtime) -> dict[str, dict[str, Any]]:
                 benchmark_predict(arch, bench, rt, 2 * sizes.batch_size, sizes.eval_passes, cfg.workers, cfg.compile)
                 for arch in sizes.train_models]})
             print(format_eval(results["eval"]["rows"]), flush=True)
+        if "lab" in cfg.sections:
+            run_cfg = TrainConfig(epochs=sizes.epochs, batch_size=sizes.batch_size, image_size=sizes.image_size,
+                                  device=cfg.device, workers=cfg.workers, compile=cfg.compile)
+            print(f"\nlab: train.py's fit() for {sizes.epochs} epoch(s), batch {sizes.batch_size}, validation and "
+                  f"checkpoints included; per-phase wall time from timing.json", flush=True)
+            root = cfg.data or Path(tmp) / "demo"
+            results["lab"] = timed_section(lambda: {"rows": benchmark_lab(root, sizes.train_models, run_cfg,
+                                                                          rt.device)})
+            print(format_lab(results["lab"]["rows"]), flush=True)
     return results
 
 
