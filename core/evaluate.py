@@ -83,7 +83,8 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
     m.update(with_intervals(point, intervals))
     m["bootstrap"] = {"resamples": s.resamples, "unit": plan.unit, "seed": s.seed}
     if len(s.classes) == 2:
-        m["operating_point"] = threshold.operating_point(labels, preds, s.threshold or threshold.DEFAULT)
+        m["operating_point"] = threshold.operating_point(labels, preds,
+                                                         threshold.DEFAULT if s.threshold is None else s.threshold)
     return m
 
 
@@ -95,7 +96,8 @@ def patient_metrics(split_name: str, patients: np.ndarray, labels: np.ndarray, p
     table.insert(len(table.columns) - 1, "pred", threshold.predictions(patient_probs, s.threshold))
     write_text_atomic(s.out / f"{split_name}_patients.csv", table.to_csv(index=False))
     patient_labels = table["label"].to_numpy()
-    m = scored(patient_labels, patient_probs, table["pred"].to_numpy(), s, None)
+    each_own = np.arange(len(table))  # one row per patient: resampling rows resamples patients
+    m = scored(patient_labels, patient_probs, table["pred"].to_numpy(), s, each_own)
     m["patients"] = m.pop("images")
     return m
 

@@ -16,7 +16,7 @@ $PY train.py -m ResNet152 -e 3 --name ResNet152 "${COMMON[@]}"
 for run in ResNet18 ResNet50 ResNet152; do
     $PY eval.py -m "$OUT/$run" -c
 done
-$PY eval.py -m "$OUT/ResNet18" "$OUT/ResNet50" "$OUT/ResNet152" -c --split valid   # the three as an ensemble
+$PY eval.py -m "$OUT/ResNet18" "$OUT/ResNet50" "$OUT/ResNet152" -c   # the three as an ensemble
 $PY plot.py -f "$OUT"
 $PY report.py -f "$OUT"
 echo

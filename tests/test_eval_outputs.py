@@ -142,3 +142,13 @@ def test_an_ensemble_of_two_runs_averages_their_probabilities(runs) -> None:
     members = json.loads((folder / "ensemble.json").read_text())["members"]
     assert [m["image_size"] for m in members] == [32, 40]
     assert {p.name for p in (a / "eval").glob("*_submission.csv")} == {"resnet_18_test_a_submission.csv"}
+
+
+@pytest.mark.parametrize("flags, message", [(["--bootstrap", "-1"], "--bootstrap must be 0"),
+                                            (["--threshold", "best"], "--threshold 'best': use youden")])
+def test_bad_evaluation_flags_are_one_line_errors(flags: list[str], message: str, tmp_path: Path, capsys) -> None:
+    from core.errors import run_cli
+
+    assert run_cli(eval_script.main, ["-m", str(tmp_path / "missing.pt"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
