@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import data
-from core.cli import cam_count
+from core.cli import cam_count, positive_int
 from core.errors import UserError, run_cli
 from models import display_name
 
@@ -32,7 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=["auto"],
                    help="valid, test (in the lab layout: this architecture's test list), a test CSV such as "
                         "resnet_18_test.csv, or 'all'; default: valid and this architecture's test list")
-    p.add_argument("-b", "--batch_size", type=int, default=64, help="default 64")
+    p.add_argument("-b", "--batch_size", type=positive_int, default=64, help="default 64")
     p.add_argument("-c", "--use_cpu", action="store_true", help="run on the CPU")
     p.add_argument("-d", "--use_device", help="device: a GPU number (0, 1, ...) or cpu/cuda:N/mps")
     p.add_argument("--tta", action="store_true", help="average predictions over the three flips")
@@ -62,8 +62,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"-b/--batch_size must be at least 1 (got {args.batch_size})")
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {args.bootstrap})")
     from core import calibration, cv, threshold  # torch loads here, after parsing, so that --help is instant

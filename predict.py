@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from core.cli import positive_int
 from core.errors import UserError, run_cli
 
 
@@ -24,7 +25,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively), globs, or CSVs with a "
                                              "path column")
     p.add_argument("-o", "--output", help="predictions CSV (default <run>/predict/predictions.csv)")
-    p.add_argument("-b", "--batch_size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("-b", "--batch_size", type=positive_int, default=64, help="images per batch (default 64)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--tta", action="store_true", help="average predictions over the three flips")
     p.add_argument("--threshold", type=float,
@@ -42,8 +43,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"-b/--batch_size must be at least 1 (got {args.batch_size})")
     from core import predict
     from core.ensemble import load_members
     from core.hardware import make_runtime, pick_device
