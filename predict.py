@@ -60,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = " + ".join(f"{display_name(m.arch)} ({m.path})" for m in members)
     print(f"{names} on {rt.device}: {len(items)} images" + (", TTA" if args.tta else "")
           + (f"; {threshold.source}: {classes[threshold.positive]} if p >= {threshold.value:g}" if threshold else ""))
-    options = predict.PredictOptions(args.batch_size, args.tta, threshold, cam_dir)
+    temperature = predict.read_temperature(members[0].path.parent) if len(members) == 1 else None
+    if temperature:
+        print(f"calibrated as eval.py: temperature {temperature:.3f} from {members[0].path.parent / 'eval'}")
+    options = predict.PredictOptions(args.batch_size, args.tta, threshold, cam_dir, temperature)
     table = predict.predict_items(members, items, options, rt)
     write_text_atomic(output, table.to_csv(index=False))
     print(predict.summary(table, classes))

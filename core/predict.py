@@ -11,7 +11,6 @@ eval.py's, so the probabilities are the same.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,9 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from core import engine
+from core import calibration, engine
+from core.threshold import FILE as OPERATING_POINT_FILE
+from core.threshold import load as load_operating_point
+from core.progress import track
 from core.ensemble import Member
 from core.errors import UserError
 from core.gradcam import OVERLAY, heat_maps
@@ -60,6 +61,7 @@ class PredictOptions:
     tta: bool = False
     threshold: Threshold | None = None
     cam_dir: Path | None = None  # write one Grad-CAM overlay PNG per image here
+    temperature: float | None = None  # eval.py --calibrate's, applied as eval.py applies it
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -119,16 +121,17 @@ def items_from_csv(csv: Path) -> list[Item]:
 
 def read_operating_point(run_dir: Path, classes: Sequence[str]) -> Threshold | None:
     """The threshold eval.py saved in ``<run>/eval/operating_point.json``, if any (two classes only)."""
-    path = run_dir / "eval" / "operating_point.json"
-    if not path.is_file() or len(classes) != 2:
+    saved = load_operating_point(run_dir / "eval") if len(classes) == 2 else None
+    if saved is None:
         return None
-    try:
-        saved = json.loads(path.read_text())
-        value = float(saved["threshold"])
-        positive = saved.get("positive_class", 1)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a readable operating point ({exc}); run eval.py again or pass --threshold")
-    return Threshold(value, class_index(positive, classes, path), str(path))
+    path = run_dir / "eval" / OPERATING_POINT_FILE
+    return Threshold(float(saved["threshold"]), class_index(saved.get("positive_class", 1), classes, path), str(path))
+
+
+def read_temperature(run_dir: Path) -> float | None:
+    """The temperature eval.py --calibrate saved for the run, if any."""
+    saved = calibration.load(run_dir / "eval")
+    return float(saved["temperature"]) if saved else None
 
 
 def class_index(value: int | str, classes: Sequence[str], where: Path | str) -> int:
@@ -202,7 +205,8 @@ def predict_items(members: Sequence[Member], items: Sequence[Item], options: Pre
     transforms = [BatchTransform(m.prep, train=False).to(rt.device) for m in members]
     preps = {pixel_key(m.prep): m.prep for m in members}  # members with the same pixel settings share a decoding
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        for start, chunk in tqdm(list(batches(items, options.batch_size)), desc="predict", unit="batch", leave=False):
+        chunks = list(batches(items, options.batch_size))
+        for start, chunk in track(chunks, len(chunks), "predict", "batch"):
             decoded = {key: decode(chunk, prep, pool) for key, prep in preps.items()}
             for _, _, failed in decoded.values():
                 for i, message in failed.items():
@@ -216,6 +220,8 @@ def predict_items(members: Sequence[Member], items: Sequence[Item], options: Pre
             probs[rows] = np.mean([engine.predict(m.model, [(images, torch.zeros(len(good), dtype=torch.long))],
                                                   transform, rt, options.tta, show=False)[0]
                                    for m, transform, images in views], axis=0)
+            if options.temperature:  # the operating point was chosen on these calibrated probabilities
+                probs[rows] = calibration.scale(probs[rows], options.temperature)
             if options.cam_dir is not None:  # explains the first member's view of the final decision
                 paths = [options.cam_dir / f"{row + 1:05d}_{Path(items[row].path).stem}.png" for row in rows]
                 save_overlays(*views[0], decide(probs[rows], options.threshold), paths)

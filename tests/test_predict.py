@@ -143,3 +143,17 @@ def test_a_threshold_outside_0_to_1_is_one_line(run: Path, lab: Path, tmp_path: 
                                                    capsys: pytest.CaptureFixture) -> None:
     assert run_cli(predict_script.main, ["-m", str(run), str(lab / "valid"), "--threshold", "1.5"]) == 2
     assert capsys.readouterr().err.strip() == "error: --threshold must be between 0 and 1 (got 1.5)"
+
+
+def test_a_temperature_saved_by_eval_calibrate_is_applied_as_eval_applies_it(run: Path, lab: Path,
+                                                                              tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(run / "best.pt", copy / "best.pt")
+    assert eval_script.main(["-m", str(copy), "--split", "valid", "-c", "--calibrate", "--bootstrap", "0"]) == 0
+    assert (copy / "eval" / "temperature.json").is_file()
+    evaluated = pd.read_csv(next((copy / "eval").glob("valid*probs*.csv")))
+    status, predicted = predict("-m", str(copy), str(lab / "valid.csv"), "-o", str(tmp_path / "p.csv"), "--device",
+                                "cpu")
+    assert status == 0
+    np.testing.assert_allclose(probs_of(predicted), probs_of(evaluated), atol=1e-6)
