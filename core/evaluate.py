@@ -19,9 +19,10 @@ from core import calibration, threshold
 from core.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
 from core.evalfigures import save_curves_png, save_reliability_png
 from core.metrics import classification_metrics, confusion, save_confusion_png
-from core.patients import mean_probs, patient_ids, patient_table
+from core.patients import mean_probs, patient_table
 from core.runs import write_json, write_text_atomic
 from data import Split
+from data.patients import patient_ids
 
 INTERVAL_METRICS = ("accuracy", "weighted_f1", "macro_recall", "roc_auc", "quadratic_kappa")
 

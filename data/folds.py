@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from data.cells import patient_id
-from data.retina import eye_patients
+from data.patients import patient_ids
 from data.sources import DataError, DataSource, make_split
 
 FOLD_COLUMNS = ("path", "id", "label", "patient", "fold")
@@ -29,17 +28,9 @@ def pooled(source: DataSource) -> pd.DataFrame:
     rows = [(str(p), i, lab) for name in ("train", "valid") for p, i, lab in
             zip(source.splits[name].paths, source.splits[name].ids, source.splits[name].labels or ())]
     table = pd.DataFrame(rows, columns=["path", "id", "label"])
-    table["patient"] = patients_of(source.layout, table)
+    ids = patient_ids(table["path"])
+    table["patient"] = [str(p) for p in ids] if ids is not None else ""
     return table
-
-
-def patients_of(layout: str, table: pd.DataFrame) -> list[str]:
-    """Patient id of each row, from the file names where the layout carries them; "" elsewhere."""
-    if layout == "kaggle":
-        return [patient_id(Path(p)) for p in table["path"]]
-    if layout.startswith("retina"):
-        return eye_patients(list(table["id"])) or [""] * len(table)
-    return [""] * len(table)
 
 
 def assign_folds(source: DataSource, k: int, seed: int, split: str = "patient") -> pd.DataFrame:

@@ -11,7 +11,8 @@ from core import calibration, threshold
 from core.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, macro_recall, quadratic_kappa, roc_auc,
                             standard_metrics, weighted_f1, with_intervals)
 from core.errors import UserError
-from core.patients import mean_probs, patient_ids, patient_table
+from core.patients import mean_probs, patient_table
+from data.patients import patient_ids
 
 
 def noisy_predictions(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
