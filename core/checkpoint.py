@@ -7,6 +7,7 @@ history, the partial sums of an interrupted epoch).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
@@ -93,6 +94,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this suite (it holds a {type(ckpt).__name__})")
     return ckpt
+
+
+def checkpoint_digest(path: Path) -> str:
+    """A short content hash of a checkpoint file: what an evaluation records to know later whether
+    it still belongs to the run's current ``best.pt`` (epochs repeat across resumes; bytes do not)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def state_dict_from(ckpt: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:

@@ -58,3 +58,14 @@ def test_an_old_checkpoint_resumes_for_more_epochs(old_run: Path) -> None:
     history = pd.read_csv(old_run / "history.csv")
     assert history["epoch"].tolist() == [1, 2]
     assert torch.load(old_run / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_checkpoint_digest_changes_with_content(tmp_path):
+    from core.checkpoint import checkpoint_digest, save_checkpoint
+
+    path = tmp_path / "best.pt"
+    save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 1}, path)
+    first = checkpoint_digest(path)
+    assert first == checkpoint_digest(path) and len(first) == 16
+    save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+    assert checkpoint_digest(path) != first
