@@ -185,7 +185,8 @@ def end_epoch(run: Run, epoch: int, sums: engine.EpochSums) -> None:
 
 def validate(run: Run, sums: engine.EpochSums, epoch: int) -> dict[str, float]:
     """Validate and reduce the epoch's sums over all processes into one history row."""
-    distributed.average_buffers(run.evaluated, run.dist)
+    for module in (run.raw, run.ema.module) if run.ema else (run.raw,):  # both are compared and saved
+        distributed.average_buffers(module, run.dist)
     n = run.meta["num_classes"]
     confusion = torch.zeros(n, n, dtype=torch.int64, device=run.learner.rt.device) if run.cfg.tensorboard else None
     valid = engine.evaluate(run.evaluated, run.valid_loader, run.eval_tf, run.learner.rt, confusion=confusion)
@@ -203,8 +204,11 @@ def validate(run: Run, sums: engine.EpochSums, epoch: int) -> dict[str, float]:
 
 def finish(run: Run) -> None:
     """Check that all processes agree and print where the best weights are."""
-    if not distributed.ranks_agree(run.raw, run.dist):
-        raise RuntimeError("the processes ended with different weights; please report this as a bug")
+    for what, module in (("model", run.raw), ("EMA", run.ema.module if run.ema else None)):
+        differs = distributed.first_difference(module.state_dict(), run.dist) if module else None
+        if differs:
+            raise RuntimeError(f"the processes ended with different {what} tensors ({differs}); "
+                               "please report this as a bug")
     if run.dist.is_main:
         name = display_name(run.arch)
         if run.dist.enabled:

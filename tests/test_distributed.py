@@ -54,3 +54,22 @@ def test_checkpoint_of_a_torchrun_run_has_no_module_prefix(ddp_run) -> None:
     import torch
     state = torch.load(ddp_run[1] / "ddp" / "best.pt", weights_only=True)["model"]
     assert "conv1.weight" in state and not any(k.startswith("module.") for k in state)
+
+
+def torchrun(*args: str, nproc: int = 2, restarts: int = 0, **kw) -> list[str]:
+    """The torchrun command line for train.py on CPU processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *([f"--max-restarts={restarts}"] if restarts else []), "train.py", *args]
+
+
+def test_ema_with_two_processes_trains_every_model_and_the_ranks_agree(tmp_path: Path) -> None:
+    data = write_lab_dataset(tmp_path, n_train=16, n_valid=5, n_test=1, size=32)
+    cmd = torchrun("--data", str(data), "--out", str(tmp_path / "storage"), "--name", "ema", "-m", "ResNet18",
+                   "ResNet34", "--ema", "--image-size", "32", "-b", "4", "-e", "1", "--workers", "0",
+                   "--device", "cpu")
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("ema-ResNet18", "ema-ResNet34"):
+        assert len(pd.read_csv(tmp_path / "storage" / name / "history.csv")) == 1
+    assert result.stdout.count("parameters identical on all 2 processes") == 2
