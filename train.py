@@ -125,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.gpu_defaults import cuda_defaults
     from core.hardware import pick_device
     from core.runs import pick_run
+    from core.resume import elastic_cv_dir, elastic_resume, restart_note
+    from core.run_folder import run_dir_for
     from core.trainer import Resume, check_writable, fit
 
     # A CV run (--folds K) resumes as a whole, also when one of its folds is named.
@@ -142,12 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     make_deterministic(cfg.deterministic)  # before anything touches CUDA
     device = pick_device(cfg.device)
+    note = None
     if device.type == "cuda" and args.batch_size is None and not ckpt and not cv_dir:
         cfg, note = cuda_defaults(cfg, lr_given=args.learning_rate is not None)
-        print(note)
     dist, device = distributed.init_distributed(device)
     try:
         if dist.is_main:
+            for line in (note, restart_note(cfg.name, bool(run))):
+                if line:
+                    print(line)
             check_writable(Path(cfg.out))
         source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
         if dist.is_main:
@@ -157,9 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for arch in cfg.models:
             with deterministic_errors():
                 if cfg.folds:
-                    cv.run_cv(arch, cfg, source, device, dist, cv_dir)
+                    cv.run_cv(arch, cfg, source, device, dist, cv_dir or elastic_cv_dir(run_dir_for(cfg, arch)))
                 else:
-                    fit(arch, cfg, source, device, dist, Resume(ckpt, run_folder(resume)) if ckpt else None)
+                    fit(arch, cfg, source, device, dist,
+                        Resume(ckpt, run_folder(resume)) if ckpt else
+                        elastic_resume(run_dir_for(cfg, arch), dist) if cfg.name else None)
     finally:
         distributed.shutdown(dist)
     return 0
