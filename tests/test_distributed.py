@@ -116,3 +116,20 @@ def test_elastic_restart_after_a_killed_worker_continues_the_run(ddp_run, tmp_pa
     pd.testing.assert_frame_equal(history(tmp_path / "ddp"), history(reference / "ddp"))
     resumes = json.loads((tmp_path / "ddp" / "config.json").read_text())["resumes"]
     assert [r.get("restart") for r in resumes] == [1]
+
+
+def test_a_stop_signal_to_one_process_stops_every_rank_at_the_next_step(ddp_run, tmp_path: Path) -> None:
+    data = ddp_run[0]
+    cmd = torchrun("--data", str(data), "--out", str(tmp_path), "--name", "ddp", *DDP_ARGS, "-e", "50")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("epoch   1/50"):  # both ranks are in the training loop, signal handlers in place
+            break
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.kill(int(workers[-1]), signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ckpt["epoch"] < 50 and ckpt["step"] >= 1  # saved by the stop, mid-epoch, with both ranks' state
+    assert len(ckpt["ranks"]) == 2
+    assert err.count("resume with: python train.py --resume") == 1  # only rank 0 prints
