@@ -257,3 +257,21 @@ def test_resuming_where_fp16_needs_a_loss_scale_the_file_lacks_starts_a_fresh_on
     assert counters.epoch == 1 and scaler.get_scale() == 65536.0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "the GradScaler starts fresh" in lines[0]
+
+
+def test_a_two_process_state_resumed_in_one_process_counts_both_partial_sums_once() -> None:
+    from core import distributed
+    from core.resume import rank_state
+
+    def sums(loss: float, seen: int) -> dict:
+        return {"loss": torch.tensor(loss, dtype=torch.float64), "objective": torch.tensor(loss, dtype=torch.float64),
+                "correct": torch.tensor(seen // 2), "seen": torch.tensor(seen), "bad_step": torch.tensor(-1),
+                "seconds": 1.0}
+
+    ckpt = {"rng": "rank 0", "sums": sums(2.0, 8), "ranks": [{"rng": "rank 0", "sums": sums(2.0, 8)},
+                                                             {"rng": "rank 1", "sums": sums(3.0, 8)}]}
+    rng, mine = rank_state(ckpt, distributed.Dist())
+    assert rng == "rank 0"
+    assert (mine["loss"].item(), mine["seen"].item(), mine["bad_step"].item()) == (5.0, 16, -1)
+    rng, theirs = rank_state(ckpt, distributed.Dist(rank=1, world_size=2))
+    assert rng == "rank 1" and theirs["loss"].item() == 3.0
