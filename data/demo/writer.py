@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from common.choices import DEMO_TASKS
 from core.errors import UserError
 from core.progress import progress
-from data.choices import DEMO_TASKS
 from data.demo.cells import render_cell, sample_cell
 from data.demo.fundus import render_fundus, sample_fundus
 
