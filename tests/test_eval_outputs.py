@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import eval as eval_script
@@ -247,3 +248,17 @@ def test_settings_fitted_on_another_checkpoint_are_refused_by_predict_and_refitt
         assert json.loads((run / "eval" / name).read_text())["fitted_on"]["checkpoints"][0]["digest"] == digest
     assert metrics(run / "eval")["evaluated"]["checkpoints"][0]["digest"] == digest
     assert run_cli(predict_script.main, ["-m", str(run), str(data / "valid"), "-o", str(tmp_path / "p.csv")]) == 0
+
+
+def test_tta_of_an_upright_model_uses_no_flips(runs, tmp_path: Path, capsys) -> None:
+    data, a, _ = runs
+    run = copy_run(a, tmp_path / "upright")
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["config"]["augment"] = "upright"  # as trained on chest X-rays: never saw a flip
+    torch.save(ckpt, run / "best.pt")
+    evaluate(run, data, None, "--split", "valid", "--bootstrap", "0")
+    evaluate(run, data, None, "--split", "valid", "--bootstrap", "0", "--tta")
+    assert "TTA none: --augment upright saw no flips" in capsys.readouterr().out
+    assert metrics(run / "eval-tta")["evaluated"]["tta"] == "none"
+    plain, tta = (pd.read_csv(run / d / "valid_probs.csv")[PROBS].to_numpy() for d in ("eval", "eval-tta"))
+    np.testing.assert_array_equal(tta, plain)
