@@ -106,13 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(source.classes) != len(classes):
         raise CheckpointError(f"{first.path} predicts {len(classes)} classes ({', '.join(classes)}) but the data "
                               f"at {source.root} has {len(source.classes)} ({', '.join(source.classes)})")
-    if (rule or args.positive_class is not None) and len(classes) != 2:
-        raise UserError(f"--threshold and --positive-class need two classes; this model has {len(classes)} "
-                        f"(the arg-max decides)")
-    positive = None if args.positive_class is None else threshold.class_index(args.positive_class, classes,
-                                                                               "--positive-class")
-    suffix = "-tta" if args.tta else ""
-    out = Path(args.output) if args.output else cv_dir / f"eval{suffix}" if cv_dir else default_output(members, args.tta)
+    positive = positive_index(args.positive_class, rule, classes)
+    out = Path(args.output) if args.output else \
+        cv_dir / ("eval-tta" if args.tta else "eval") if cv_dir else default_output(members, args.tta)
     out.mkdir(parents=True, exist_ok=True)
     options = PredictOptions(args.batch_size, args.workers, args.tta,
                              Path(config.get("out", "storage")) / "cache" if args.cache else None)
@@ -129,16 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not splits:
             raise UserError(f"{source.root} has no test list to ensemble the folds on; the valid scores of each "
                             f"fold are in {cv_dir / 'cv_summary.csv'} (or use --folds-separately)")
-    fitting = not cv_dir and any([args.calibrate, rule, *((out / f).is_file() for f in (calibration.FILE, threshold.FILE))])
-    if fitting and "valid" in source.splits and "valid" not in [s.name for s in splits]:
-        splits.insert(0, source.splits["valid"])  # the operating point and temperature are fitted (and checked) there
+    if not cv_dir:
+        splits = with_valid(splits, source, out, bool(args.calibrate or rule))
     predicted = {s.name: predict_split(members, s, options, rt) for s in splits}
     checkpoints = fitted.checkpoint_records([(m.path, m.epoch) for m in members])
     temperature, point = fitted_settings(source, predicted, out, classes, checkpoints, tta, args.calibrate, rule,
                                          positive)
-    evaluated = {"checkpoints": checkpoints, "tta": tta, "temperature": temperature}
     settings = EvalSettings(out, classes, name, title, point and point.threshold, temperature, args.bootstrap,
-                            args.seed, point.positive if point else threshold.DEFAULT_POSITIVE, evaluated)
+                            args.seed, point.positive if point else threshold.DEFAULT_POSITIVE,
+                            {"checkpoints": checkpoints, "tta": tta, "temperature": temperature})
     for split in splits:
         probs, labels = predicted[split.name]
         if temperature:
@@ -147,6 +142,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cam and split.labels is not None:
             cam_grid(members, split, probs, args.cam, options.cache_dir, out)
     return 0
+
+
+def positive_index(name: str | None, rule: str | None, classes: tuple[str, ...]) -> int | None:
+    """--positive-class as a class index (None: not given); UserError unless the model has two classes."""
+    from core.threshold import class_index
+
+    if (rule or name is not None) and len(classes) != 2:
+        raise UserError(f"--threshold and --positive-class need two classes; this model has {len(classes)} "
+                        f"(the arg-max decides)")
+    return None if name is None else class_index(name, classes, "--positive-class")
+
+
+def with_valid(splits: list[data.Split], source: data.DataSource, out: Path, fit: bool) -> list[data.Split]:
+    """``splits`` plus valid, first, where a temperature or operating point is fitted there or saved in ``out``
+    (a saved one is checked against valid, and fitted again there if it no longer holds)."""
+    from core import calibration, threshold
+
+    saved = any((out / f).is_file() for f in (calibration.FILE, threshold.FILE))
+    if (fit or saved) and "valid" in source.splits and "valid" not in [s.name for s in splits]:
+        return [source.splits["valid"], *splits]
+    return splits
 
 
 def fitted_settings(source: data.DataSource, predicted: dict, out: Path, classes: tuple[str, ...],

@@ -29,6 +29,7 @@ from core.ensemble import Member, default_output, ensemble_tta, member_tta
 from core.fitted import checkpoint_records, saved_for_inference
 from core.progress import track
 from core.threshold import FILE as OPERATING_POINT_FILE
+from core.threshold import predictions
 from core.errors import UserError
 from core.gradcam import OVERLAY, heat_maps
 from data import BatchTransform, DataError, Preprocess, load_image
@@ -138,7 +139,7 @@ def decide(probs: np.ndarray, threshold: Threshold | None) -> np.ndarray:
     """Predicted class per row: argmax, or the positive class where its probability reaches the threshold."""
     if threshold is None:
         return probs.argmax(1)
-    return np.where(probs[:, threshold.positive] >= threshold.value, threshold.positive, 1 - threshold.positive)
+    return predictions(probs, threshold.value, threshold.positive)  # eval.py's rule
 
 
 # ------------------------------------------------------------------------------------ prediction
