@@ -144,7 +144,8 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
     op = m.get("operating_point")
     if op:
         show = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
-        lines.append(f"  at threshold {op['threshold']:.4g} for {op['positive_class']}: sensitivity {show(op['sensitivity'])}   specificity "
+        lines.append(f"  at threshold {op['threshold']:.4g} for {op['positive_class']}: sensitivity "
+                     f"{show(op['sensitivity'])}   specificity "
                      f"{show(op['specificity'])}   PPV {show(op['ppv'])}   NPV {show(op['npv'])}")
     lines.append(f"  expected calibration error {m['calibration']['ece']:.4f}")
     if "patients" in m:

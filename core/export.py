@@ -85,8 +85,8 @@ def verify(model: torch.nn.Module, path: Path, size: int, seed: int) -> float:
 def preprocess_info(member: Member, opset: int) -> dict[str, Any]:
     """What another program needs to feed the ONNX model the pixels the run was trained on."""
     prep = member.prep
-    temperature, point = saved_for_inference(default_output([member]), checkpoint_records([(member.path, member.epoch)]),
-                                             None, member.classes)
+    records = checkpoint_records([(member.path, member.epoch)])
+    temperature, point = saved_for_inference(default_output([member]), records, None, member.classes)
     return {
         "input": INPUT_NAME, "output": OUTPUT_NAME, "output_kind": "logits (softmax gives probabilities)",
         "layout": "N x 3 x H x W float32, RGB",

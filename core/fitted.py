@@ -65,7 +65,8 @@ def mismatch(saved: Any, now: dict[str, Any], temperature: bool) -> str | None:
         return f"it was fitted with TTA {saved.get('tta') or 'off'}, this evaluation uses {now['tta'] or 'off'}"
     if saved.get("split") != now["split"]:
         return f"it was fitted on {saved.get('split')}, not {now['split']}"
-    if saved.get("data_fingerprint") and now["data_fingerprint"] and saved["data_fingerprint"] != now["data_fingerprint"]:
+    then, current = saved.get("data_fingerprint"), now["data_fingerprint"]
+    if then and current and then != current:
         return f"the {now['split']} images changed since it was fitted (another data fingerprint)"
     if temperature and not same_temperature(saved.get("temperature"), now["temperature"]):
         return (f"it was chosen on probabilities at temperature {show(saved.get('temperature'))}, "

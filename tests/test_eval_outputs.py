@@ -168,8 +168,9 @@ def test_last_pt_and_tta_evaluations_go_to_their_own_folders(runs, capsys) -> No
     for model, flags in ((a, []), (a / "last.pt", []), (a, ["--tta"]), (a / "last.pt", ["--tta"])):
         evaluate(model, data, None, "--split", "valid", "--bootstrap", "0", *flags)
     seen = {}
+    rotated = "flips+rot90"  # run a trained with --augment rotate (the lab layout's default)
     for folder, checkpoint, tta in (("eval", "best.pt", None), ("eval-last", "last.pt", None),
-                                    ("eval-tta", "best.pt", "flips+rot90"), ("eval-last-tta", "last.pt", "flips+rot90")):
+                                    ("eval-tta", "best.pt", rotated), ("eval-last-tta", "last.pt", rotated)):
         evaluated = metrics(a / folder)["evaluated"]
         (record,) = evaluated["checkpoints"]
         assert record["path"] == str(a / checkpoint) and record["digest"] == checkpoint_digest(a / checkpoint)
