@@ -154,3 +154,22 @@ def test_expected_calibration_error_of_known_bins() -> None:
     labels = np.array([0] * 6 + [1] * 4)
     probs = np.tile([0.9, 0.1], (10, 1))
     assert calibration.expected_calibration_error(calibration.reliability(labels, probs)) == pytest.approx(0.3)
+
+
+def test_a_fitted_setting_stops_holding_when_checkpoint_tta_data_or_temperature_change() -> None:
+    from core.fitted import mismatch, provenance
+
+    checkpoint = [{"path": "run/best.pt", "epoch": 3, "digest": "aaaa"}]
+    fitted_on = provenance(checkpoint, None, None, "valid", "data1")
+    assert mismatch(fitted_on, fitted_on, temperature=True) is None
+    copied = [{"path": "elsewhere/best.pt", "epoch": 3, "digest": "aaaa"}]  # the same bytes: still the same model
+    assert mismatch(fitted_on, provenance(copied, None, None, "valid", "data1"), temperature=True) is None
+    resumed = [{"path": "run/best.pt", "epoch": 3, "digest": "bbbb"}]
+    assert "not on run/best.pt (epoch 3, digest bbbb)" in mismatch(fitted_on, provenance(resumed, None, None, "valid",
+                                                                                          "data1"), temperature=True)
+    assert "TTA off" in mismatch(fitted_on, provenance(checkpoint, "flips+rot90", None, "valid", "data1"), True)
+    assert "images changed" in mismatch(fitted_on, provenance(checkpoint, None, None, "valid", "data2"), True)
+    calibrated = provenance(checkpoint, None, 1.7, "valid", "data1")
+    assert "temperature none (uncalibrated)" in mismatch(fitted_on, calibrated, temperature=True)
+    assert mismatch(fitted_on, calibrated, temperature=False) is None  # a temperature is fitted on raw probabilities
+    assert "older eval.py" in mismatch("valid", fitted_on, temperature=False)  # the old "fitted_on": "valid"
