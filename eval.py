@@ -90,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = first.config
     source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
                             config.get("split", "patient"), seed=config.get("seed", 0))
+    if not cv_dir:  # the run's own train/valid lists (splits.csv), not a split re-made from the data as it is now
+        restored = data.restore_splits(source, first.path.parent)
+        source = restored.source
+        if restored.note:
+            print(f"data: {restored.note}")
     source = cv.fold_view(first.path, source) if len(members) == 1 else source  # a fold model: its own fold
     if len(source.classes) != len(classes):
         raise CheckpointError(f"{first.path} predicts {len(classes)} classes ({', '.join(classes)}) but the data "

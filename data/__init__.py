@@ -9,7 +9,8 @@
 One module per concern: ``sources`` (Split, DataSource, CSV reading), one module per layout
 family (``cells``: lab + Kaggle C-NMC; ``retina``; ``generic``: CSV and folders), ``preprocess``
 (decoding, cell crop, fundus disk), ``statistics``, ``cache``, ``loader`` (sampling, class
-weights), ``augment``. Import the public names from here.
+weights), ``augment``, ``saved_splits`` (the train/valid lists a run used, read back). Import the
+public names from here.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ _EXPORTS = {
     "loader": ("BatchLoader", "CLASS_WEIGHTINGS", "Sampling", "ShardedBatchSampler", "class_weights", "make_loader"),
     "preprocess": ("IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESS_MODES", "Preprocess", "fundus_box", "load_image"),
     "retina": ("RETINOPATHY_CLASSES",),
+    "saved_splits": ("ACCEPT_FLAG", "SPLITS_FILE", "restore_splits", "splits_csv", "splits_for_resume"),
     "sources": ("IMAGE_EXTENSIONS", "LAYOUT_NEEDS", "UNLABELLED", "DataError", "DataSource", "Split"),
     "statistics": ("fit_preprocess", "pixel_stats"),
 }
