@@ -30,6 +30,7 @@ from core.errors import UserError
 from core.runs import is_cv_run, link_latest, pick_run, read_config, write_json, write_text_atomic
 from core.trainer import Resume, fit, new_run_dir
 from data.folds import assign_folds, describe_folds, fold_source, pooled, read_folds
+from data.patients import find_patients
 from models import display_name
 
 CV_FILE = "cv.json"
@@ -77,6 +78,8 @@ def run_cv(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.d
                                             **asdict(replace(cfg, models=(arch,))), "command": command})
         link_latest(Path(cfg.out), cv_dir)
         print(f"{cfg.folds}-fold cross-validation of {display_name(arch)} in {cv_dir}: {cv_info['how']}")
+        if (warning := find_patients(table["path"]).warning) is not None:
+            print(f"warning: {warning}")
     for fold in range(cfg.folds):
         run_fold(arch, cfg, fold_source(source, table, fold), cv_dir / f"fold_{fold}", (device, dist))
     if dist.is_main:

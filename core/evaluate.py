@@ -22,7 +22,7 @@ from core.metrics import classification_metrics, confusion, save_confusion_png
 from core.patients import mean_probs, patient_table
 from core.runs import write_json, write_text_atomic
 from data import Split
-from data.patients import patient_ids
+from data.patients import split_patients
 
 INTERVAL_METRICS = ("accuracy", "weighted_f1", "macro_recall", "roc_auc", "quadratic_kappa")
 
@@ -57,7 +57,10 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
         print(f"{split.name}: Kaggle submission ({len(preds)} rows) -> {submission}")
     if split.labels is None:
         return None
-    patients = patient_ids(split.paths)
+    found = split_patients(split)
+    if found.warning:
+        print(f"{split.name}: warning: {found.warning}")
+    patients = found.ids
     m = scored(labels, probs, preds, s, patients)
     if patients is not None:
         m["patients"] = patient_metrics(split.name, patients, labels, probs, preds, s)

@@ -78,10 +78,16 @@ def _grades(values: Sequence[str], csv: Path, first_line: int) -> list[int]:
     return [int_label(v, csv, line, RETINOPATHY_CLASSES) for line, v in enumerate(values, start=first_line)]
 
 
+def eye_patient(name: str) -> str | None:
+    """The patient of a Kaggle-style retina name (10_left -> "10"); None if the name is not like that."""
+    match = _EYE_NAME.fullmatch(name)
+    return match[1] if match else None
+
+
 def eye_patients(names: Sequence[str]) -> list[str] | None:
     """The patient id of each Kaggle-style name (10_left -> "10"); None if any name is not like that."""
-    matches = [_EYE_NAME.fullmatch(name) for name in names]
-    return [m[1] for m in matches] if all(matches) else None
+    ids = [eye_patient(name) for name in names]
+    return ids if all(i is not None for i in ids) else None
 
 
 def _retina_partition(grades: list[int], patients: list[str] | None, method: str, valid_fraction: float,

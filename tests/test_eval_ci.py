@@ -12,7 +12,8 @@ from core.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, m
                             standard_metrics, weighted_f1, with_intervals)
 from core.errors import UserError
 from core.patients import mean_probs, patient_table
-from data.patients import patient_ids
+from data import open_data
+from data.patients import find_patients, patient_ids, split_patients
 
 
 def noisy_predictions(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +92,22 @@ def test_patient_ids_come_from_cnmc_and_retina_file_names_only() -> None:
     assert patient_ids(cnmc).tolist() == ["11", "H10", "11"]
     assert patient_ids([Path("10_left.jpeg"), Path("10_right.jpeg"), Path("7_left.jpeg")]).tolist() == \
         ["10", "10", "7"]
-    assert patient_ids([Path("0.bmp"), Path("UID_11_10_1_all.bmp")]) is None
+    assert patient_ids([Path("0.bmp"), Path("1.bmp")]) is None
+
+
+def test_a_partial_patient_id_match_warns_with_counts_and_groups_the_rest_by_image() -> None:
+    names = [Path("UID_11_10_1_all.bmp"), Path("UID_11_2_4_all.bmp"), Path("UID_H3_1_1_hem.bmp"), Path("extra.bmp")]
+    found = find_patients(names)
+    assert found.ids.tolist()[:3] == ["11", "11", "H3"] and found.ids[3] not in found.ids[:3]
+    assert "3 of 4 file names follow the C-NMC" in found.warning and "other 1 are grouped by image" in found.warning
+    assert find_patients(names[:3]).warning is None
+
+
+def test_kaggle_preliminary_test_keeps_its_patient_ids(tmp_path: Path) -> None:
+    from test_dataloader import make_kaggle
+
+    test = open_data(make_kaggle(tmp_path)).split("test")
+    assert split_patients(test).ids.tolist() == ["5", "H4", "5"]
 
 
 def test_patient_counts_add_up_and_the_prediction_follows_the_mean_probability() -> None:
