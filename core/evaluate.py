@@ -25,6 +25,8 @@ from data import Split
 from data.patients import split_patients
 
 INTERVAL_METRICS = ("accuracy", "weighted_f1", "macro_recall", "roc_auc", "quadratic_kappa")
+SELECTED_ON_VALID = ("the epoch (best.pt), and any threshold or temperature, were chosen on valid: its intervals "
+                     "are optimistic; a labelled test split gives the unbiased ones")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
     m = scored(labels, probs, preds, s, patients)
     if patients is not None:
         m["patients"] = patient_metrics(split.name, patients, labels, probs, preds, s)
+    if split.name == "valid":
+        for entry in (m, m.get("patients", {})):
+            entry.get("bootstrap", {})["note"] = SELECTED_ON_VALID
     counts, normalised = confusion(labels, preds, len(s.classes))
     m["confusion"], m["confusion_normalised"] = counts.tolist(), normalised.round(4).tolist()
     frame = pd.DataFrame(counts, index=[f"true {c}" for c in s.classes], columns=[f"pred {c}" for c in s.classes])
@@ -131,6 +136,8 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
     b = m["bootstrap"]
     how = f"95% intervals: {b['resamples']} bootstrap resamples of {b['unit']}" if b["resamples"] else "no intervals"
     lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m)]
+    if b.get("note"):
+        lines.append(f"  note: {b['note']}")
     op = m.get("operating_point")
     if op:
         show = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731

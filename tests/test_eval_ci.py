@@ -11,6 +11,7 @@ from core import calibration, threshold
 from core.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, macro_recall, quadratic_kappa, roc_auc,
                             standard_metrics, weighted_f1, with_intervals)
 from core.errors import UserError
+from core.metrics import classification_metrics
 from core.patients import mean_probs, patient_table
 from data import open_data
 from data.patients import find_patients, patient_ids, split_patients
@@ -43,7 +44,7 @@ def test_vectorised_metrics_equal_scikit_learn_on_a_resample(classes: int) -> No
 
 
 @pytest.mark.parametrize("classes", [2, 5])
-def test_every_interval_contains_its_point_estimate(classes: int) -> None:
+def test_intervals_of_an_imperfect_classifier_hold_the_estimate_and_have_width(classes: int) -> None:
     for seed in range(5):
         labels, probs = noisy_predictions(60, classes, seed)
         preds = probs.argmax(axis=1)
@@ -64,6 +65,22 @@ def test_a_perfect_classifier_has_the_accuracy_interval_one_to_one() -> None:
     intervals = bootstrap_ci(BootstrapPlan(300), labels, probs, labels, standard_metrics(2))
     assert intervals["accuracy"] == (1.0, 1.0)
     assert intervals["roc_auc"] == (1.0, 1.0)
+
+
+def test_a_perfect_classifier_has_macro_recall_one_to_one_whatever_class_a_resample_or_the_data_lacks() -> None:
+    # 7 patients, 2 of class 1: about a third of unstratified patient resamples would hold no class 1;
+    # class 2 is absent from the data altogether.
+    patients = np.repeat(np.arange(7), 3)
+    labels = np.repeat([0, 0, 0, 0, 0, 1, 1], 3)
+    probs = np.eye(3)[labels]
+    intervals = bootstrap_ci(BootstrapPlan(500, clusters=patients), labels, probs, labels, standard_metrics(3))
+    assert classification_metrics(labels, probs, ("a", "b", "c"))["macro_recall"] == 1.0
+    assert intervals["macro_recall"] == (1.0, 1.0)
+
+
+def test_a_skewed_interval_is_reported_as_it_is_not_stretched_to_the_estimate() -> None:
+    assert with_intervals({"accuracy": 0.9}, {"accuracy": (0.5, 0.8)}) == {"accuracy": {"value": 0.9,
+                                                                                        "ci95": [0.5, 0.8]}}
 
 
 def test_resampling_correlated_patients_gives_a_wider_interval_than_resampling_images() -> None:
@@ -170,3 +187,11 @@ def test_expected_calibration_error_of_known_bins() -> None:
     labels = np.array([0] * 6 + [1] * 4)
     probs = np.tile([0.9, 0.1], (10, 1))
     assert calibration.expected_calibration_error(calibration.reliability(labels, probs)) == pytest.approx(0.3)
+
+
+def test_the_report_leads_with_labelled_test_intervals_and_puts_valid_last(tmp_path: Path) -> None:
+    from core.report import read_metrics
+
+    for split in ("valid", "test", "resnet_18_test"):
+        (tmp_path / f"{split}_metrics.json").write_text("{}")
+    assert list(read_metrics(tmp_path)) == ["resnet_18_test", "test", "valid"]
