@@ -4,7 +4,8 @@ Metrics JSON (``<split>_metrics.json``): ``accuracy``, ``weighted_f1``, ``macro_
 ``roc_auc`` (two classes) or ``quadratic_kappa`` (grades) are each ``{"value": x, "ci95": [lo, hi]}``
 (``ci95`` is null with ``--bootstrap 0`` or where undefined); ``bootstrap`` says how many resamples
 of which unit (``patients`` or ``images``); ``patients`` holds the same metrics per patient where
-file names carry patient ids; ``operating_point`` (two classes) and ``calibration`` as named.
+file names carry patient ids (``rule``: how a patient's label and prediction are made, core/patients.py);
+``operating_point`` (two classes) and ``calibration`` as named.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from core import calibration, threshold
 from core.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
 from core.evalfigures import save_curves_png, save_reliability_png
 from core.metrics import classification_metrics, confusion, save_confusion_png
-from core.patients import mean_probs, patient_table
+from core.patients import MEAN_PROBABILITY, mean_probs, patient_predictions, patient_rule, patient_table
 from core.runs import write_json, write_text_atomic
 from data import Split
 from data.patients import split_patients
@@ -65,7 +66,7 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
     patients = found.ids
     m = scored(labels, probs, preds, s, patients)
     if patients is not None:
-        m["patients"] = patient_metrics(split.name, patients, labels, probs, preds, s)
+        m["patients"] = patient_metrics(split.name, patients, patient_rule(found.pattern), (labels, probs, preds), s)
     if split.name == "valid":
         for entry in (m, m.get("patients", {})):
             entry.get("bootstrap", {})["note"] = SELECTED_ON_VALID
@@ -97,17 +98,21 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
     return m
 
 
-def patient_metrics(split_name: str, patients: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                    preds: np.ndarray, s: EvalSettings) -> dict[str, Any]:
-    """``<split>_patients.csv`` and the metrics of the patient-level predictions (mean probability)."""
-    table = patient_table(patients, labels, probs, preds, s.classes)
+def patient_metrics(split_name: str, patients: np.ndarray, rule: str,
+                    predicted: tuple[np.ndarray, np.ndarray, np.ndarray], s: EvalSettings) -> dict[str, Any]:
+    """``<split>_patients.csv`` and the metrics of the patient-level predictions by ``rule`` (core.patients);
+    ``predicted`` is the images' (labels, probabilities, predictions)."""
+    table = patient_table(patients, *predicted, s.classes)
     patient_probs = mean_probs(table, s.classes)
-    table.insert(len(table.columns) - 1, "pred", threshold.predictions(patient_probs, s.threshold))
+    pred = patient_predictions(table, rule, s.classes, lambda p: threshold.predictions(p, s.threshold))
+    table = table.drop(columns="worst_pred")
+    table.insert(len(table.columns) - 1, "pred", pred)
     write_text_atomic(s.out / f"{split_name}_patients.csv", table.to_csv(index=False))
     patient_labels = table["label"].to_numpy()
     each_own = np.arange(len(table))  # one row per patient: resampling rows resamples patients
-    m = scored(patient_labels, patient_probs, table["pred"].to_numpy(), s, each_own)
+    m = scored(patient_labels, patient_probs, pred, s, each_own)
     m["patients"] = m.pop("images")
+    m["rule"] = rule
     return m
 
 
@@ -145,7 +150,8 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
                      f"{show(op['specificity'])}   PPV {show(op['ppv'])}   NPV {show(op['npv'])}")
     lines.append(f"  expected calibration error {m['calibration']['ece']:.4f}")
     if "patients" in m:
-        lines.append(f"  per patient ({m['patients']['patients']} patients): {summary_line(m['patients'])}")
+        p = m["patients"]
+        lines.append(f"  per patient ({p['patients']} patients, {p.get('rule', MEAN_PROBABILITY)}): {summary_line(p)}")
     lines.append(f"  {'class':<16}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}")
     for name, r in m["per_class"].items():
         lines.append(f"  {name:<16}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1-score']:>10.4f}"

@@ -12,8 +12,8 @@ from core.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, m
                             standard_metrics, weighted_f1, with_intervals)
 from core.errors import UserError
 from core.metrics import classification_metrics
-from core.patients import mean_probs, patient_table
-from data import open_data
+from core.patients import mean_probs, patient_predictions, patient_rule, patient_table
+from data import RETINOPATHY_CLASSES, open_data
 from data.patients import find_patients, patient_ids, split_patients
 
 
@@ -125,6 +125,19 @@ def test_kaggle_preliminary_test_keeps_its_patient_ids(tmp_path: Path) -> None:
 
     test = open_data(make_kaggle(tmp_path)).split("test")
     assert split_patients(test).ids.tolist() == ["5", "H4", "5"]
+
+
+def test_a_retina_patient_is_labelled_and_predicted_by_the_worse_eye() -> None:
+    found = find_patients([Path("10_left.jpeg"), Path("10_right.jpeg"), Path("7_left.jpeg"), Path("7_right.jpeg")])
+    labels = np.array([0, 2, 1, 1])
+    probs = np.array([[0.9, 0.0, 0.0, 0.1, 0.0], [0.2, 0.0, 0.3, 0.5, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0],
+                      [0.1, 0.5, 0.4, 0.0, 0.0]])  # patient 10: eyes predicted 0 and 3, mean arg-max 0
+    table = patient_table(found.ids, labels, probs, probs.argmax(axis=1), RETINOPATHY_CLASSES)
+    rule = patient_rule(found.pattern)
+    pred = patient_predictions(table, rule, RETINOPATHY_CLASSES, lambda p: p.argmax(axis=1))
+    assert rule == "worse eye" and table["patient"].tolist() == ["10", "7"]
+    assert table["label"].tolist() == [2, 1] and pred.tolist() == [3, 1]
+    assert patient_rule(find_patients([Path("UID_11_10_1_all.bmp")]).pattern) == "mean probability"
 
 
 def test_patient_counts_add_up_and_the_prediction_follows_the_mean_probability() -> None:
