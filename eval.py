@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
                             config.get("split", "patient"), seed=config.get("seed", 0))
     if not cv_dir:  # the run's own train/valid lists (splits.csv), not a split re-made from the data as it is now
-        restored = data.restore_splits(source, first.path.parent)
+        restored = data.restore_splits(source, first.path.parent, [m.path.parent for m in members[1:]])
         source = restored.source
         if restored.note:
             print(f"data: {restored.note}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -89,8 +90,28 @@ def read_splits(run_dir: Path) -> pd.DataFrame | None:
     return table
 
 
-def restore_splits(source: DataSource, run_dir: Path) -> Restored:
-    """``source`` with the train and valid lists the run in ``run_dir`` used, and what changed since."""
+def restore_splits(source: DataSource, run_dir: Path, others: Sequence[Path] = ()) -> Restored:
+    """``source`` with the train and valid lists the run in ``run_dir`` used, and what changed since.
+
+    ``others``: the runs of the other members of an ensemble; the note names any that used other lists
+    (its training images may then be in this valid).
+    """
+    restored = _restore(source, run_dir)
+    saved = read_splits(run_dir)
+    differ = [other.name for other in others if saved is not None and (theirs := read_splits(other)) is not None
+              and _rows(theirs) != _rows(saved)]
+    if not differ:
+        return restored
+    line = (f"{', '.join(differ)} used other train/valid lists than {run_dir.name}: valid may hold images "
+            f"{'it' if len(differ) == 1 else 'they'} trained on")
+    return replace(restored, note=f"{restored.note}; {line}" if restored.note else line)
+
+
+def _rows(table: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(table["split"], table["path"]))
+
+
+def _restore(source: DataSource, run_dir: Path) -> Restored:
     saved = read_splits(run_dir)
     if saved is None:
         return _without_lists(source, run_dir)

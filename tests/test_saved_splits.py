@@ -99,3 +99,13 @@ def test_resume_with_accept_data_change_continues_on_the_saved_lists(changed_run
     assert train_script.main(["--resume", str(copy), "-e", "2", "--accept-data-change"]) == 0
     assert len(pd.read_csv(copy / "history.csv")) == 2
     assert set(pd.read_csv(copy / "splits.csv")["path"]) < set(pd.read_csv(run / "splits.csv")["path"])
+
+
+def test_an_ensemble_of_runs_on_other_lists_is_noted(tmp_path: Path) -> None:
+    root = write_csv_data(tmp_path / "data", 12)
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "splits.csv").write_text(splits_csv(open_data(root, seed=seed)))
+    source = open_data(root)
+    assert restore_splits(source, tmp_path / "a", [tmp_path / "a"]).note == ""
+    assert "b used other train/valid lists than a" in restore_splits(source, tmp_path / "a", [tmp_path / "b"]).note
