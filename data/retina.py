@@ -149,7 +149,13 @@ def open_retina_lab(root: Path, method: str, valid_fraction: float, seed: int) -
     paths, grades, names = _read_retina_lab_list(root, "train", index, folders, labelled=True)
     if not names:
         raise DataError(f"split 'train' is empty ({root / 'train_img.csv'} lists no images)")
-    train, valid, how = _retina_partition(grades, eye_patients(names), method, valid_fraction, seed)
+    eyes = [eye_patient(name) for name in names]
+    matched = sum(e is not None for e in eyes)  # names without one: each image its own patient, said in the note
+    patients = [e if e is not None else f"image {n}" for e, n in zip(eyes, names)] if matched else None
+    train, valid, how = _retina_partition(grades, patients, method, valid_fraction, seed)
+    if 0 < matched < len(names):
+        how += (f" (warning: only {matched} of {len(names)} names carry a patient id like 10_left; "
+                f"the other {len(names) - matched} are grouped by image)")
     splits = _retina_splits(paths, grades, names, train, valid, str(root / "train_img.csv"))
     test_img, test_label = root / "test_img.csv", root / "test_label.csv"
     if test_label.is_file() and not test_img.is_file():
