@@ -95,14 +95,17 @@ def draw_weights(plan: BootstrapPlan, labels: np.ndarray, rng: np.random.Generat
     k = len(ids)
     stratum = np.zeros(k, np.int64)
     np.maximum.at(stratum, cluster_of_image, labels)  # a patient's class: their highest label
-    offsets = k * np.arange(size)[:, None]
-    counts = np.zeros(size * k, np.float32)
-    for value in np.unique(stratum):
-        members = np.flatnonzero(stratum == value)
-        drawn = members[rng.integers(0, len(members), size=(size, len(members)))]
-        counts += np.bincount((drawn + offsets).ravel(), minlength=size * k)
-    counts = counts.reshape(size, k)
-    return counts if plan.clusters is None else counts[:, cluster_of_image]
+    order = np.argsort(stratum, kind="stable")  # the clusters class by class: each class one contiguous range
+    position = np.empty(k, np.int64)
+    position[order] = np.arange(k)
+    drawn = np.empty((size, k), np.int64)
+    start = 0
+    for n in np.bincount(stratum)[np.unique(stratum)]:
+        drawn[:, start:start + n] = start + rng.integers(0, n, size=(size, n))
+        start += n
+    drawn += k * np.arange(size)[:, None]
+    counts = np.bincount(drawn.ravel(), minlength=size * k).reshape(size, k).astype(np.float32)
+    return counts[:, position[cluster_of_image]]
 
 
 def bootstrap_ci(plan: BootstrapPlan, labels: np.ndarray, probs: np.ndarray, preds: np.ndarray,
