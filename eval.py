@@ -115,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cv_dir:  # train and valid are pooled into the folds: every image there trained K-1 of the models
         splits = [s for s in splits if s.name not in ("train", "valid")]
         if not splits:
-            raise UserError(f"{source.root} has no test list to ensemble the folds on; the valid scores of each "
-                            f"fold are in {cv_dir / 'cv_summary.csv'} (or use --folds-separately)")
+            raise UserError(f"{source.root} has no test list to ensemble the folds on; the out-of-fold scores are "
+                            f"in {cv_dir / 'oof_metrics.json'}, each fold's in {cv_dir / 'cv_summary.csv'} "
+                            f"(or use --folds-separately)")
     if (args.calibrate or rule) and "valid" not in [s.name for s in splits]:
         splits.insert(0, source.splits["valid"])  # the operating point and temperature are fitted there
     predicted = {s.name: predict_split(members, s, options, rt) for s in splits}

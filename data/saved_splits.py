@@ -163,7 +163,8 @@ def _without_lists(source: DataSource, run_dir: Path) -> Restored:
     saved = _fingerprints(run_dir)
     changed = any(name in saved and saved[name] != source.splits[name].fingerprint() for name in SAVED)
     change = DataChange(counts=False) if changed else DataChange()
-    note = f"{run_dir} has no {SPLITS_FILE} (trained before it was saved): train/valid re-made from the data now"
+    note = (f"{run_dir} has no {SPLITS_FILE} (a run from before it was saved, or a checkpoint outside its run "
+            f"folder): train/valid re-made from the data now")
     if changed:
         note += f"; {change.line()}, so valid may hold images the run trained on"
     return Restored(replace(source, note=f"{source.note}; {note}" if source.note else note), change, note)
