@@ -32,7 +32,7 @@ ACCEPT_FLAG = "--accept-data-change"
 class DataChange:
     """How the data differs from what a run was trained on (counts over train + valid).
 
-    ``counts`` is None for a run without splits.csv: its fingerprint only says *that* something changed.
+    ``counts`` is False for a run without splits.csv: its fingerprint only says *that* something changed.
     """
 
     added: int = 0
@@ -96,8 +96,8 @@ def restore_splits(source: DataSource, run_dir: Path, others: Sequence[Path] = (
     ``others``: the runs of the other members of an ensemble; the note names any that used other lists
     (its training images may then be in this valid).
     """
-    restored = _restore(source, run_dir)
     saved = read_splits(run_dir)
+    restored = _restore(source, run_dir, saved)
     differ = [other.name for other in others if saved is not None and (theirs := read_splits(other)) is not None
               and _rows(theirs) != _rows(saved)]
     if not differ:
@@ -111,8 +111,7 @@ def _rows(table: pd.DataFrame) -> set[tuple[str, str]]:
     return set(zip(table["split"], table["path"]))
 
 
-def _restore(source: DataSource, run_dir: Path) -> Restored:
-    saved = read_splits(run_dir)
+def _restore(source: DataSource, run_dir: Path, saved: pd.DataFrame | None) -> Restored:
     if saved is None:
         return _without_lists(source, run_dir)
     now = {str(p): (name, i) for name in SAVED for i, p in enumerate(source.splits[name].paths)}
