@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import data
+from common.choices import ARCHITECTURES, LAYOUTS, SPLIT_METHODS, display_name
 from core.cli import model_name
 from core.config import (AUGMENT_POLICIES, COMPILE_MODES, DEFAULT_LR, DEFAULT_WD, REFERENCE_BATCH, RESUME_OVERRIDES,
                          TrainConfig, check_config)
 from core.errors import run_cli
-from models import ARCHITECTURES, display_name
+
+if TYPE_CHECKING:
+    import data
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,9 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="warm-up length for cosine (default 1)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
     p.add_argument("--data", default="new_dataset", help="data root (default new_dataset/)")
-    p.add_argument("--layout", default="auto", choices=("auto", *data.LAYOUTS),
+    p.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS),
                    help="data layout (default: detected)")
-    p.add_argument("--split", default="patient", choices=data.SPLIT_METHODS,
+    p.add_argument("--split", default="patient", choices=SPLIT_METHODS,
                    help="how to split train/valid when the layout has no valid list (default patient)")
     p.add_argument("--folds", type=int, default=0, metavar="K",
                    help="k-fold cross-validation: pool train+valid into K folds (by patient where known), "
@@ -83,6 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="storage", help="where run folders go (default storage/)")
     p.add_argument("--name", help="run folder name (default <Model>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue a run: its folder, a checkpoint, or 'latest'")
+    p.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume: continue although the data changed since the run started (its saved "
+                        "train/valid lists are kept; added images stay unused); without it such a resume stops")
     p.add_argument("--save-every", type=int, default=0, metavar="N",
                    help="also write last.pt every N steps (default: at each epoch's end)")
     p.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
@@ -154,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if line:
                     print(line)
             check_writable(Path(cfg.out))
-        source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
+        source = open_source(cfg, run_folder(resume) if ckpt else None, args.accept_data_change)
         if dist.is_main:
             print(f"data: {source.root} ({source.layout} layout, {len(source.splits['train'])} train / "
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"
@@ -164,12 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if cfg.folds:
                     cv.run_cv(arch, cfg, source, device, dist, cv_dir or elastic_cv_dir(run_dir_for(cfg, arch)))
                 else:
-                    fit(arch, cfg, source, device, dist,
-                        Resume(ckpt, run_folder(resume)) if ckpt else
-                        elastic_resume(run_dir_for(cfg, arch), dist) if cfg.name else None)
+                    here = Resume(ckpt, run_folder(resume)) if ckpt else \
+                        elastic_resume(run_dir_for(cfg, arch), dist) if cfg.name else None
+                    restarted = here is not None and not ckpt  # a torchrun restart: read its lists like --resume
+                    fit(arch, cfg, open_source(cfg, here.run_dir, args.accept_data_change) if restarted else source,
+                        device, dist, here)
     finally:
         distributed.shutdown(dist)
     return 0
+
+
+def open_source(cfg: TrainConfig, run_dir: Path | None, accept_change: bool) -> data.DataSource:
+    """The data; for a resumed run its own train/valid lists (splits.csv), not a split re-made from the data
+    as it is now."""
+    import data
+
+    source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
+    return data.splits_for_resume(source, run_dir, accept_change).source if run_dir else source
 
 
 def run_folder(checkpoint: Path) -> Path:

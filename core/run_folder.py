@@ -14,7 +14,7 @@ from core import distributed
 from core.config import TrainConfig
 from core.errors import UserError
 from core.resume import command_line
-from models import display_name
+from common.choices import display_name
 
 if TYPE_CHECKING:
     import data
