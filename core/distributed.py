@@ -48,7 +48,14 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        # torchrun keeps one key-value store over restarts of the group: a restarted process would read the
+        # addresses of the processes it replaced (connection refused, then a hang), so each attempt gets its own keys.
+        from torch.distributed.rendezvous import rendezvous
+
+        store, _, _ = next(rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"attempt_{attempt}", store), rank=rank,
+                                world_size=world, device_id=device if device.type == "cuda" else None)
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     return Dist(rank=rank, world_size=world, local_rank=local, control=control), device
 
