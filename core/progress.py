@@ -123,3 +123,8 @@ def track(items: Iterable[T], total: int, desc: str, unit: str, show: bool = Tru
         for item in items:
             yield item
             bar.update()
+
+
+def plural(count: int, word: str) -> str:
+    """``1 step``, ``2 steps``: a count with its noun in the right number."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
