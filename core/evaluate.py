@@ -4,7 +4,9 @@ Metrics JSON (``<split>_metrics.json``): ``accuracy``, ``weighted_f1``, ``macro_
 ``roc_auc`` (two classes) or ``quadratic_kappa`` (grades) are each ``{"value": x, "ci95": [lo, hi]}``
 (``ci95`` is null with ``--bootstrap 0`` or where undefined); ``bootstrap`` says how many resamples
 of which unit (``patients`` or ``images``); ``patients`` holds the same metrics per patient where
-file names carry patient ids; ``operating_point`` (two classes) and ``calibration`` as named.
+file names carry patient ids; ``operating_point`` (two classes) and ``calibration`` as named;
+``baseline_accuracy`` (always answering ``baseline_class``, the split's most frequent class) and
+``not_better_than_baseline`` (the accuracy's interval does not clear it), core/baseline.py.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core import calibration, threshold
+from core.baseline import baseline_note, majority_baseline
 from core.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
 from core.evalfigures import save_curves_png, save_reliability_png
 from core.metrics import classification_metrics, confusion, save_confusion_png
@@ -82,6 +85,7 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
     point = {k: m[k] for k in INTERVAL_METRICS if k in m}
     intervals = bootstrap_ci(plan, labels, probs, preds, standard_metrics(len(s.classes))) if s.resamples else {}
     m.update(with_intervals(point, intervals))
+    m.update(majority_baseline(labels, s.classes, m["accuracy"]))
     m["bootstrap"] = {"resamples": s.resamples, "unit": plan.unit, "seed": s.seed}
     if len(s.classes) == 2:
         m["operating_point"] = threshold.operating_point(labels, preds,
@@ -127,7 +131,7 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
     """The terminal summary: metrics with 95% intervals, operating point, calibration, patients, classes."""
     b = m["bootstrap"]
     how = f"95% intervals: {b['resamples']} bootstrap resamples of {b['unit']}" if b["resamples"] else "no intervals"
-    lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m)]
+    lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m), "  " + baseline_note(m)]
     op = m.get("operating_point")
     if op:
         show = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731

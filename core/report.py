@@ -7,13 +7,15 @@ import json
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from core.baseline import baseline_note
 from core.errors import UserError
+from core.freshness import refresh_command, stale_reasons
 from core.cvsummary import report_table as cv_table
 from core.plots import plot_confusions, plot_curves
 from core.runs import is_cv_run, read_config, read_history
@@ -65,12 +67,13 @@ class RunReport:
     learning_rate: Any
     best_acc: float | None
     best_epoch: int | None
-    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, valid first
+    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, valid first (current ones only)
     figures: list[tuple[str, Path]]  # (caption, PNG): Grad-CAM grids and non-valid confusion matrices
     train_command: str
     command_rebuilt: bool  # True when config.json had no "command"
     eval_command: str
     augment: str = "rotate"  # the augmentation policy (runs from before --augment all rotated)
+    stale: dict[str, str] = field(default_factory=dict)  # split -> why its evaluation is not of the current best.pt
 
 
 def describe_run(run: Path) -> RunReport:
@@ -79,6 +82,8 @@ def describe_run(run: Path) -> RunReport:
     history = read_history(run)
     best = history["valid_acc"].idxmax() if len(history) else None
     command = cfg.get("command")
+    metrics = read_metrics(run / "eval")
+    stale = stale_reasons(run, metrics)
     return RunReport(
         path=run, model=cfg.get("model") or cfg.get("arch") or run.name.split("-")[0],
         pretrained=str(cfg.get("pretrained") or "no"),
@@ -86,10 +91,11 @@ def describe_run(run: Path) -> RunReport:
         optimizer=cfg.get("optimizer"), learning_rate=cfg.get("learning_rate"),
         best_acc=float(history["valid_acc"][best]) if best is not None else None,
         best_epoch=int(history["epoch"][best]) if best is not None else None,
-        metrics=read_metrics(run / "eval"), figures=eval_figures(run / "eval"),
+        metrics={split: m for split, m in metrics.items() if split not in stale},
+        figures=eval_figures(run / "eval", skip=set(stale)),
         train_command=command or train_command(cfg, run), command_rebuilt=not command,
         eval_command=eval_command(run),
-        augment=str(cfg.get("augment") or "rotate") + (" + EMA" if cfg.get("ema") else ""))
+        augment=str(cfg.get("augment") or "rotate") + (" + EMA" if cfg.get("ema") else ""), stale=stale)
 
 
 def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
@@ -104,15 +110,16 @@ def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
     return dict(sorted(found.items(), key=lambda item: item[0] != "valid"))
 
 
-def eval_figures(folder: Path) -> list[tuple[str, Path]]:
+def eval_figures(folder: Path, skip: set[str] = frozenset()) -> list[tuple[str, Path]]:
     """ROC and reliability figures and Grad-CAM grids of every split, and the confusion matrices of splits
-    other than valid (plot.py draws those)."""
+    other than valid (plot.py draws those); none of the splits in ``skip`` (stale evaluations)."""
     valid_first = lambda p: (not p.name.startswith("valid_"), p.name)  # noqa: E731
     cams = [(f"{kind} - {p.name.removesuffix(suffix)}", p)
             for suffix, kind in (("_roc.png", "ROC"), ("_reliability.png", "reliability"), ("_gradcam.png", "Grad-CAM"))
-            for p in sorted(folder.glob(f"*{suffix}"), key=valid_first)]
+            for p in sorted(folder.glob(f"*{suffix}"), key=valid_first) if p.name.removesuffix(suffix) not in skip]
     others = [(f"confusion matrix - {p.name.removesuffix('_confusion.png')}", p)
-              for p in sorted(folder.glob("*_confusion.png")) if p.name != "valid_confusion.png"]
+              for p in sorted(folder.glob("*_confusion.png"))
+              if p.name != "valid_confusion.png" and p.name.removesuffix("_confusion.png") not in skip]
     return cams + others
 
 
@@ -178,20 +185,31 @@ def run_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
 
 def eval_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
     """One row per evaluated split; a run without valid metrics gets a 'missing' row (never zeros)."""
-    headers = ["Run", "Split", "Images", "Accuracy", "Weighted F1", "Macro recall", "ROC-AUC / QW kappa"]
+    headers = ["Run", "Split", "Images", "Accuracy", "Weighted F1", "Macro recall", "ROC-AUC / QW kappa",
+               "Majority baseline"]
     rows = []
     for r in reports:
-        if "valid" not in r.metrics and not is_cv_run(r.path):  # a CV run is judged by its folds (cv_table)
+        if "valid" not in r.metrics and "valid" not in r.stale and not is_cv_run(r.path):  # CV: see cv_table
             rows.append([r.path.name, "valid", missing_eval(r.path)])
+        for split, reason in r.stale.items():
+            rows.append([r.path.name, split, f"stale: {reason} (run: {refresh_command(r.path, split)})"])
         for split, m in r.metrics.items():
             rows.append([r.path.name, split, show(m.get("images")), percent(m.get("accuracy")),
-                         number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m)])
+                         number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m), baseline(m)])
             p = m.get("patients")
             if isinstance(p, dict):
                 rows.append([r.path.name, f"{split} (per patient)", f"{show(p.get('patients'))} patients",
                              percent(p.get("accuracy")), number(p.get("weighted_f1")), number(p.get("macro_recall")),
                              ranking(p)])
     return headers, rows
+
+
+def baseline(m: dict[str, Any]) -> str:
+    """The majority-class accuracy, flagged when the model's accuracy interval does not clear it."""
+    if not isinstance(m.get("baseline_accuracy"), (int, float)):
+        return "-"
+    flag = ": not better" if m.get("not_better_than_baseline") else ""
+    return f"{m['baseline_accuracy']:.2%} ('{m.get('baseline_class', '?')}'){flag}"
 
 
 def interval(entry: Any) -> tuple[Any, list[float] | None]:
@@ -216,6 +234,8 @@ def clinical_lines(r: RunReport) -> list[str]:
         if isinstance(m.get("bootstrap"), dict) and m["bootstrap"].get("resamples"):
             parts.append(f"95% intervals from {m['bootstrap']['resamples']} bootstrap resamples of "
                          f"{m['bootstrap'].get('unit', 'images')}")
+        if m.get("not_better_than_baseline"):
+            parts.append(baseline_note(m))
         if parts:
             lines.append(f"{split}: " + "; ".join(parts))
     return lines
@@ -333,7 +353,7 @@ def html_table(headers: list[str], rows: list[list[str]]) -> str:
         cells = []
         for i, text in enumerate(row):
             span = len(headers) - len(row) + 1 if i == len(row) - 1 and len(row) < len(headers) else 1
-            kind = "missing" if text.startswith("missing") else "num" if i > 0 and NUMBER.match(text) else ""
+            kind = "missing" if text.startswith(("missing", "stale")) else "num" if i > 0 and NUMBER.match(text) else ""
             cells.append(f"<td{f' class={kind}' if kind else ''}{f' colspan={span}' if span > 1 else ''}>"
                          f"{e(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
