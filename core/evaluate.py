@@ -114,7 +114,7 @@ def write_figures(split_name: str, labels: np.ndarray, probs: np.ndarray, m: dic
                        s.out / f"{split_name}_confusion.png")
     save_curves_png(labels, probs, s.classes, m.get("operating_point"), title, s.out / f"{split_name}_roc.png")
     save_reliability_png(m["calibration"]["bins"], m["calibration"]["ece"], f"{title}: reliability",
-                         s.out / f"{split_name}_reliability.png")
+                         s.out / f"{split_name}_reliability.png", images=len(labels))
 
 
 def format_interval(entry: dict[str, Any], percent: bool) -> str:

@@ -17,7 +17,7 @@ from core.baseline import baseline_note
 from core.errors import UserError
 from core.freshness import refresh_command, stale_reasons
 from core.cvsummary import report_table as cv_table
-from core.plots import plot_confusions, plot_curves
+from core.plots import confusion_panels, plot_confusions, plot_curves
 from core.runs import is_cv_run, read_config, read_history
 
 # config.json key -> train.py flag, in the order a person would write them
@@ -158,8 +158,9 @@ def draw_figures(runs: list[Path], out: Path) -> dict[str, Path]:
         if with_epochs:
             figures["accuracy"] = out / "accuracy.png"
             plot_curves(with_epochs, "accuracy", None, figures["accuracy"])
-        if plot_confusions(runs, out / "confusion_matrices.png"):
+        if panels := confusion_panels(runs):
             figures["confusion"] = out / "confusion_matrices.png"
+            plot_confusions(panels, figures["confusion"])
     except OSError as exc:
         raise UserError(f"cannot write the figures into {out} ({exc.strerror or exc}); choose another --output") \
             from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shlex
@@ -202,3 +203,46 @@ def test_the_grad_cam_note_goes_once_any_run_has_a_grid(storage: Path) -> None:
     Image.new("RGB", (40, 30)).save(storage / "A" / "eval" / "valid_gradcam.png")
     markdown, _ = build(storage)
     assert "Grad-CAM: not drawn" not in markdown and "Grad-CAM - valid" in markdown
+
+
+def evaluated(run: Path, weights: bytes, epoch: int) -> dict:
+    """The "evaluated" record eval.py writes, for a best.pt that held ``weights``."""
+    digest = hashlib.sha256(weights).hexdigest()[:16]  # as core.checkpoint.checkpoint_digest hashes a file
+    return {"checkpoints": [{"path": str(run / "best.pt"), "epoch": epoch, "digest": digest}], "tta": None,
+            "temperature": None, "split": "valid"}
+
+
+def test_an_evaluation_of_an_older_best_checkpoint_is_marked_stale(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "A", [0.5, 0.75])  # evaluated at epoch 1, then resumed to a new best at epoch 2
+    (run / "best.pt").write_bytes(b"the weights of epoch 2")
+    (run / "eval" / "valid_metrics.json").write_text(json.dumps({**METRICS, "evaluated": evaluated(
+        run, b"the weights of epoch 1", 1)}))
+    markdown, page = build(tmp_path)
+    row = table_row(markdown, "A", "valid")
+    assert row[2] == (f"stale: evaluated the weights of epoch 1; best.pt changed since (best.pt is now epoch 2) "
+                      f"(run: python eval.py -m {run} --split valid)")
+    assert "81.25%" not in markdown and "class=missing" in page
+
+
+def test_an_evaluation_of_the_current_best_checkpoint_is_shown(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "A", [0.5, 0.75])
+    (run / "best.pt").write_bytes(b"the weights of epoch 2")
+    (run / "eval" / "valid_metrics.json").write_text(json.dumps({**METRICS, "evaluated": evaluated(
+        run, b"the weights of epoch 2", 2)}))
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "A", "valid")[3] == "81.25%" and "stale" not in markdown
+
+
+def test_an_evaluation_that_does_not_say_what_it_evaluated_is_stale(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "A", [0.5], metrics={"valid": METRICS})
+    (run / "best.pt").write_bytes(b"weights")
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "A", "valid")[2].startswith("stale: evaluated before eval.py recorded which checkpoint")
+
+
+def test_a_model_not_better_than_the_majority_baseline_is_flagged_in_the_report(tmp_path: Path) -> None:
+    make_run(tmp_path, "A", [0.5], metrics={"valid": {**METRICS, "baseline_accuracy": 0.8, "baseline_class": "blast",
+                                                      "not_better_than_baseline": True}})
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "A", "valid")[7] == "80.00% ('blast'): not better"
+    assert "NOT BETTER than always answering 'blast' (80.00%)" in markdown
