@@ -57,7 +57,7 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
     if split.name not in ("train", "valid"):
         submission = submission_path(s.out, split.name, s.run_name)
         write_text_atomic(submission, pd.DataFrame({"ID": split.ids, "label": preds}).to_csv(index=False))
-        print(f"{split.name}: Kaggle submission ({len(preds)} rows) -> {submission}")
+        print(f"{split.name}: Kaggle submission ({len(preds)} rows) {submission.name}")
     if split.labels is None:
         return None
     patients = patient_ids(split.paths)

@@ -152,3 +152,22 @@ def test_bad_evaluation_flags_are_one_line_errors(flags: list[str], message: str
     assert run_cli(eval_script.main, ["-m", str(tmp_path / "missing.pt"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_an_eval_that_fails_part_way_leaves_the_earlier_outputs_as_they_were(runs: tuple[Path, Path, Path],
+                                                                              tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    data, run, _ = runs
+    out = evaluate(run, data, tmp_path / "out", "--bootstrap", "0")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"valid_metrics.json", "valid_probs.csv"} <= set(before)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("core.evaluate.save_reliability_png", disk_full)  # after the probabilities are written
+    with pytest.raises(OSError):
+        eval_script.main(["-m", str(run), "--data", str(data), "-c", "--output", str(out), "--bootstrap", "0",
+                          "--seed", "5"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the staging folder is gone
