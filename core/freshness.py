@@ -24,16 +24,20 @@ def current_checkpoints(run: Path) -> list[Path]:
     return sorted(run.glob("fold_*/best.pt")) if is_cv_run(run) else []
 
 
-def stale_reasons(run: Path, metrics: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Split -> why its metrics do not belong to the run's current checkpoint(s), for the stale splits only.
+def stale_reasons(run: Path, metrics: dict[str, dict[str, Any]], current: list[Path] | None = None) -> dict[str, str]:
+    """Split -> why its metrics do not belong to the current checkpoints (default: the run's, see
+    current_checkpoints; an ensemble: its members'), for the stale splits only.
 
     A run with no best.pt (nothing to compare with) has none stale.
     """
-    current = current_checkpoints(run)
+    current = current_checkpoints(run) if current is None else current
     if not current:
         return {}
+    gone = [str(path) for path in current if not path.is_file()]
+    if gone:
+        return {split: f"{', '.join(gone)} no longer exist{'s' if len(gone) == 1 else ''}" for split in metrics}
     digests = {path: checkpoint_digest(path) for path in current}
-    history = read_history(run) if not is_cv_run(run) else None
+    history = read_history(run) if (run / "history.csv").is_file() else None
     now = int(history["epoch"][history["valid_acc"].idxmax()]) if history is not None and len(history) else None
     reasons = {split: stale_reason(m, digests, now) for split, m in metrics.items()}
     return {split: reason for split, reason in reasons.items() if reason}
@@ -52,14 +56,10 @@ def stale_reason(metrics: dict[str, Any], digests: dict[Path, str], best_epoch: 
         return ""
     epochs = sorted({c["epoch"] for c in entries if isinstance(c.get("epoch"), int)})
     what = f"epoch {', '.join(map(str, epochs))}" if epochs else "other weights"
-    changed = [_short(path) for path, digest in digests.items() if digest not in seen] or ["the checkpoints"]
+    name = (lambda p: f"{p.parent.name}/{p.name}") if len(digests) > 1 else (lambda p: p.name)  # noqa: E731
+    changed = [name(path) for path, digest in digests.items() if digest not in seen] or ["the checkpoints"]
     now = f" (best.pt is now epoch {best_epoch})" if best_epoch is not None and len(digests) == 1 else ""
     return f"evaluated the weights of {what}; {', '.join(changed)} changed since{now}"
-
-
-def _short(path: Path) -> str:
-    """``best.pt``, or ``fold_2/best.pt`` in a CV run."""
-    return f"{path.parent.name}/{path.name}" if path.parent.name.startswith("fold_") else path.name
 
 
 def refresh_command(run: Path, split: str) -> str:

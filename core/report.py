@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import re
 import shlex
@@ -15,6 +14,7 @@ from PIL import Image
 
 from core.baseline import baseline_note
 from core.errors import UserError
+from core.evalfolder import EnsembleReport, eval_figures, read_metrics
 from core.freshness import refresh_command, stale_reasons
 from core.cvsummary import report_table as cv_table
 from core.plots import confusion_panels, plot_confusions, plot_curves
@@ -98,31 +98,6 @@ def describe_run(run: Path) -> RunReport:
         augment=str(cfg.get("augment") or "rotate") + (" + EMA" if cfg.get("ema") else ""), stale=stale)
 
 
-def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
-    """eval.py's <split>_metrics.json files, valid first; UserError naming an unreadable one."""
-    found = {}
-    for path in sorted(folder.glob("*_metrics.json")):
-        try:
-            found[path.name.removesuffix("_metrics.json")] = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: cannot read the metrics ({exc.__class__.__name__}); "
-                            f"run eval.py again to rewrite it") from None
-    return dict(sorted(found.items(), key=lambda item: item[0] != "valid"))
-
-
-def eval_figures(folder: Path, skip: set[str] = frozenset()) -> list[tuple[str, Path]]:
-    """ROC and reliability figures and Grad-CAM grids of every split, and the confusion matrices of splits
-    other than valid (plot.py draws those); none of the splits in ``skip`` (stale evaluations)."""
-    valid_first = lambda p: (not p.name.startswith("valid_"), p.name)  # noqa: E731
-    cams = [(f"{kind} - {p.name.removesuffix(suffix)}", p)
-            for suffix, kind in (("_roc.png", "ROC"), ("_reliability.png", "reliability"), ("_gradcam.png", "Grad-CAM"))
-            for p in sorted(folder.glob(f"*{suffix}"), key=valid_first) if p.name.removesuffix(suffix) not in skip]
-    others = [(f"confusion matrix - {p.name.removesuffix('_confusion.png')}", p)
-              for p in sorted(folder.glob("*_confusion.png"))
-              if p.name != "valid_confusion.png" and p.name.removesuffix("_confusion.png") not in skip]
-    return cams + others
-
-
 def train_command(cfg: dict[str, Any], run: Path) -> str:
     """The train.py command line that config.json describes (for runs whose config has no "command")."""
     words = ["python", "train.py", "-m", str(cfg.get("model") or cfg.get("arch") or run.name.split("-")[0])]
@@ -184,8 +159,9 @@ def run_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def eval_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
-    """One row per evaluated split; a run without valid metrics gets a 'missing' row (never zeros)."""
+def eval_table(reports: list[RunReport], ensembles: list[EnsembleReport] = ()) -> tuple[list[str], list[list[str]]]:
+    """One row per evaluated split of each run, then of each ensemble; a run without valid metrics gets a
+    'missing' row (never zeros), a stale evaluation a 'stale' row with the command that refreshes it."""
     headers = ["Run", "Split", "Images", "Accuracy", "Weighted F1", "Macro recall", "ROC-AUC / QW kappa",
                "Majority baseline"]
     rows = []
@@ -194,15 +170,26 @@ def eval_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
             rows.append([r.path.name, "valid", missing_eval(r.path)])
         for split, reason in r.stale.items():
             rows.append([r.path.name, split, f"stale: {reason} (run: {refresh_command(r.path, split)})"])
-        for split, m in r.metrics.items():
-            rows.append([r.path.name, split, show(m.get("images")), percent(m.get("accuracy")),
-                         number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m), baseline(m)])
-            p = m.get("patients")
-            if isinstance(p, dict):
-                rows.append([r.path.name, f"{split} (per patient)", f"{show(p.get('patients'))} patients",
-                             percent(p.get("accuracy")), number(p.get("weighted_f1")), number(p.get("macro_recall")),
-                             ranking(p)])
+        rows += metric_rows(r.path.name, r.metrics)
+    for e in ensembles:
+        rows += [[e.path.name, split, f"stale: {reason} (run: {e.refresh(split)})"]
+                 for split, reason in e.stale.items()]
+        rows += metric_rows(e.path.name, e.metrics)
     return headers, rows
+
+
+def metric_rows(name: str, metrics: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The table rows of one evaluation folder: a row per split, and one per split per patient."""
+    rows = []
+    for split, m in metrics.items():
+        rows.append([name, split, show(m.get("images")), percent(m.get("accuracy")),
+                     number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m), baseline(m)])
+        p = m.get("patients")
+        if isinstance(p, dict):
+            rows.append([name, f"{split} (per patient)", f"{show(p.get('patients'))} patients",
+                         percent(p.get("accuracy")), number(p.get("weighted_f1")), number(p.get("macro_recall")),
+                         ranking(p)])
+    return rows
 
 
 def baseline(m: dict[str, Any]) -> str:
@@ -220,7 +207,7 @@ def interval(entry: Any) -> tuple[Any, list[float] | None]:
     return entry, None
 
 
-def clinical_lines(r: RunReport) -> list[str]:
+def clinical_lines(r: RunReport | EnsembleReport) -> list[str]:
     """Per split: the operating point and the calibration error, where eval.py wrote them."""
     lines = []
     for split, m in r.metrics.items():
@@ -270,11 +257,13 @@ def ranking(m: dict[str, Any]) -> str:
     return "not in the metrics file"
 
 
-def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[str, Path], out: Path) -> str:
+def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[str, Path], out: Path,
+                ensembles: list[EnsembleReport] = ()) -> str:
     """report.md: the tables, the figures as relative links, the commands."""
     link = lambda p: Path(os.path.relpath(p.resolve(), out.resolve())).as_posix()  # noqa: E731
-    lines = [f"# {title}", "", f"Generated {date} from {len(reports)} run(s).", "", "## Runs", "",
-             *md_table(*run_table(reports)), "", "## Evaluation", "", *md_table(*eval_table(reports)), ""]
+    lines = [f"# {title}", "", f"Generated {date} from {len(reports)} run(s){ensemble_count(ensembles)}.", "",
+             "## Runs", "", *md_table(*run_table(reports)), "", "## Evaluation", "",
+             *md_table(*eval_table(reports, ensembles)), ""]
     for r in (r for r in reports if is_cv_run(r.path)):
         lines += [f"## Cross-validation: {r.path.name}", "", *md_table(*cv_table(r.path)), ""]
     lines += ["## Accuracy per epoch", ""]
@@ -291,7 +280,15 @@ def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[s
         lines += [f"- {text}" for text in notes] + ([""] if notes else [])
         lines += [line for caption, png in r.figures for line in (f"![{caption}]({link(png)})", "")]
         lines += [f"Reproduce ({command_note(r)}):", "", "```bash", r.train_command, r.eval_command, "```", ""]
+    for e in ensembles:
+        lines += [f"## {e.path.name}", "", f"The average of {e.describe_members()}.", ""]
+        lines += [f"- {text}" for text in clinical_lines(e)] + ([""] if clinical_lines(e) else [])
+        lines += [line for caption, png in e.figures for line in (f"![{caption}]({link(png)})", "")]
     return "\n".join(lines)
+
+
+def ensemble_count(ensembles: list[EnsembleReport]) -> str:
+    return f" and {len(ensembles)} ensemble(s)" if ensembles else ""
 
 
 def has_cam(r: RunReport) -> bool:
@@ -317,11 +314,14 @@ def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(cell(c) for c in row + [""] * (len(headers) - len(row))) + " |" for row in rows)]
 
 
-def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, Path]) -> str:
+def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, Path],
+            ensembles: list[EnsembleReport] = ()) -> str:
     """report.html: the same content with inline CSS and every image as a data: URI (works offline)."""
     e = html.escape
-    parts = [f"<h1>{e(title)}</h1>", f'<p class="meta">Generated {e(date)} from {len(reports)} run(s).</p>',
-             "<h2>Runs</h2>", html_table(*run_table(reports)), "<h2>Evaluation</h2>", html_table(*eval_table(reports)),
+    parts = [f"<h1>{e(title)}</h1>",
+             f'<p class="meta">Generated {e(date)} from {len(reports)} run(s){ensemble_count(ensembles)}.</p>',
+             "<h2>Runs</h2>", html_table(*run_table(reports)), "<h2>Evaluation</h2>",
+             html_table(*eval_table(reports, ensembles)),
              *(f"<h2>Cross-validation: {e(r.path.name)}</h2>" + html_table(*cv_table(r.path))
                for r in reports if is_cv_run(r.path)),
              "<h2>Accuracy per epoch</h2>",
@@ -341,6 +341,11 @@ def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, 
         parts += [figure(png, caption) for caption, png in r.figures]
         parts.append(f'<h3>Reproduce <span class="note">({e(command_note(r))})</span></h3>'
                      f"<pre><code>{e(r.train_command)}\n{e(r.eval_command)}</code></pre>")
+    for ens in ensembles:
+        parts += [f"<h2>{e(ens.path.name)}</h2>", f"<p>The average of {e(ens.describe_members())}.</p>"]
+        if clinical_lines(ens):
+            parts.append("<ul>" + "".join(f"<li>{e(text)}</li>" for text in clinical_lines(ens)) + "</ul>")
+        parts += [figure(png, caption) for caption, png in ens.figures]
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<style>{CSS}</style>\n</head>\n'
             f"<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")

@@ -246,3 +246,26 @@ def test_a_model_not_better_than_the_majority_baseline_is_flagged_in_the_report(
     markdown, _ = build(tmp_path)
     assert table_row(markdown, "A", "valid")[7] == "80.00% ('blast'): not better"
     assert "NOT BETTER than always answering 'blast' (80.00%)" in markdown
+
+
+def test_an_ensemble_folder_is_reported_beside_the_runs(storage: Path) -> None:
+    members = []
+    for name in ("A", "B"):
+        (storage / name / "best.pt").write_bytes(f"weights of {name}".encode())
+        members.append({"checkpoint": str(storage / name / "best.pt"), "model": "ResNet18", "epoch": 2})
+    ensemble = storage / "ensemble-A+B"
+    ensemble.mkdir()
+    (ensemble / "ensemble.json").write_text(json.dumps({"name": ensemble.name, "members": members}))
+    record = {"checkpoints": [{"path": m["checkpoint"], "epoch": 2,
+                               "digest": hashlib.sha256(f"weights of {n}".encode()).hexdigest()[:16]}
+                              for n, m in zip("AB", members)], "tta": None, "temperature": None, "split": "test"}
+    (ensemble / "resnet_18_test_metrics.json").write_text(json.dumps({**METRICS, "accuracy": 0.875,
+                                                                       "evaluated": record}))
+    markdown, page = build(storage)
+    assert table_row(markdown, "ensemble-A+B", "resnet_18_test")[3] == "87.50%"
+    assert "## ensemble-A+B" in markdown and f"ResNet18 ({storage / 'B' / 'best.pt'}, epoch 2)" in markdown
+    assert "ensemble-A+B" in page
+    (storage / "B" / "best.pt").write_bytes(b"retrained")
+    markdown, _ = build(storage)
+    assert table_row(markdown, "ensemble-A+B", "resnet_18_test")[2].startswith("stale: evaluated the weights of "
+                                                                               "epoch 2; B/best.pt changed since")
