@@ -11,12 +11,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import data
+from common.choices import ARCHITECTURES, LAYOUTS, SPLIT_METHODS, display_name
 from core.cli import model_name
 from core.config import (AUGMENT_POLICIES, COMPILE_MODES, DEFAULT_LR, DEFAULT_WD, REFERENCE_BATCH, RESUME_OVERRIDES,
                          TrainConfig, check_config)
 from core.errors import run_cli
-from models import ARCHITECTURES, display_name
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,9 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="warm-up length for cosine (default 1)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
     p.add_argument("--data", default="new_dataset", help="data root (default new_dataset/)")
-    p.add_argument("--layout", default="auto", choices=("auto", *data.LAYOUTS),
+    p.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS),
                    help="data layout (default: detected)")
-    p.add_argument("--split", default="patient", choices=data.SPLIT_METHODS,
+    p.add_argument("--split", default="patient", choices=SPLIT_METHODS,
                    help="how to split train/valid when the layout has no valid list (default patient)")
     p.add_argument("--folds", type=int, default=0, metavar="K",
                    help="k-fold cross-validation: pool train+valid into K folds (by patient where known), "
@@ -83,6 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="storage", help="where run folders go (default storage/)")
     p.add_argument("--name", help="run folder name (default <Model>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue a run: its folder, a checkpoint, or 'latest'")
+    p.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume: continue although the data changed since the run started (its saved "
+                        "train/valid lists are kept; added images stay unused); without it such a resume stops")
     p.add_argument("--save-every", type=int, default=0, metavar="N",
                    help="also write last.pt every N steps (default: at each epoch's end)")
     p.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
@@ -126,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.hardware import pick_device
     from core.runs import pick_run
     from core.trainer import Resume, check_writable, fit
+    import data
 
     # A CV run (--folds K) resumes as a whole, also when one of its folds is named.
     run = pick_run(args.resume, Path(args.out)) if args.resume else None  # 'latest' -> a run folder, said once
@@ -150,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_main:
             check_writable(Path(cfg.out))
         source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
+        if ckpt:  # the run's own train/valid lists (splits.csv), not a split re-made from the data as it is now
+            source = data.splits_for_resume(source, run_folder(resume), args.accept_data_change).source
         if dist.is_main:
             print(f"data: {source.root} ({source.layout} layout, {len(source.splits['train'])} train / "
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"

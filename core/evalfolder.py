@@ -40,7 +40,7 @@ class EnsembleReport:
 
 
 def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
-    """eval.py's <split>_metrics.json files, valid first; UserError naming an unreadable one."""
+    """eval.py's <split>_metrics.json files, valid last; UserError naming an unreadable one."""
     found = {}
     for path in sorted(folder.glob("*_metrics.json")):
         try:
@@ -48,7 +48,7 @@ def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{path}: cannot read the metrics ({exc.__class__.__name__}); "
                             f"run eval.py again to rewrite it") from None
-    return dict(sorted(found.items(), key=lambda item: item[0] != "valid"))
+    return dict(sorted(found.items(), key=lambda item: item[0] == "valid"))  # labelled test splits are the headline
 
 
 def eval_figures(folder: Path, skip: set[str] = frozenset()) -> list[tuple[str, Path]]:

@@ -67,7 +67,7 @@ class RunReport:
     learning_rate: Any
     best_acc: float | None
     best_epoch: int | None
-    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, valid first (current ones only)
+    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, test splits first, valid last (current)
     figures: list[tuple[str, Path]]  # (caption, PNG): Grad-CAM grids and non-valid confusion matrices
     train_command: str
     command_rebuilt: bool  # True when config.json had no "command"
@@ -221,7 +221,8 @@ def clinical_lines(r: RunReport | EnsembleReport) -> list[str]:
             parts.append(f"expected calibration error {cal['ece']:.4f}")
         if isinstance(m.get("bootstrap"), dict) and m["bootstrap"].get("resamples"):
             parts.append(f"95% intervals from {m['bootstrap']['resamples']} bootstrap resamples of "
-                         f"{m['bootstrap'].get('unit', 'images')}")
+                         f"{m['bootstrap'].get('unit', 'images')}" + (f" ({m['bootstrap']['note']})"
+                                                                      if m["bootstrap"].get("note") else ""))
         if m.get("not_better_than_baseline"):
             parts.append(baseline_note(m))
         if parts:

@@ -24,10 +24,10 @@ from core.config import TrainConfig
 from core.ema import ModelEMA
 from core.phases import Phases
 from core.errors import UserError
-from core.hardware import make_runtime, out_of_memory_message
+from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
 from core.pretrained import load_pretrained
 from core.progress import plural
-from core.runs import link_latest, write_history, write_json
+from core.runs import link_latest, write_history, write_json, write_text_atomic
 from core.signals import StopSignal
 from models import build_model, display_name
 
@@ -234,6 +234,7 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
     """
     torch.manual_seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed)
+    enable_fast_kernels(device)  # training only: eval.py and predict.py keep PyTorch's defaults
     rt = make_runtime(device, cfg.amp, cfg.channels_last)
     prep = preprocess_from_checkpoint(resume.ckpt, resume.run_dir / "last.pt") if resume else prepare(source, cfg, dist)
     train_set, valid_set = open_datasets(source, prep, cfg, dist)
@@ -270,6 +271,7 @@ def announce(run: Run, source: data.DataSource) -> None:
     """config.json, storage/latest and the run's first line."""
     cfg, rt, dist = run.cfg, run.learner.rt, run.dist
     write_json(run.run_dir / "config.json", run_info(run, source))
+    write_text_atomic(run.run_dir / data.SPLITS_FILE, data.splits_csv(source))  # eval and --resume read it back
     link_latest(Path(cfg.out), run.run_dir)
     print(f"{display_name(run.arch)}: {sum(p.numel() for p in run.raw.parameters()):,} parameters, "
           f"{plural(run.steps, 'step')}/epoch on {rt.device}{' x' + str(dist.world_size) if dist.enabled else ''}"
