@@ -13,6 +13,40 @@ from core.freshness import stale_reasons
 from core.runs import is_run
 
 MEMBERS_FILE = "ensemble.json"
+# eval.py's output folders in a run, keyed by what was evaluated: (folder, label suffix, checkpoint, eval.py flags)
+RUN_EVALS = (("eval", "", "best.pt", ()), ("eval-tta", " (TTA)", "best.pt", ("--tta",)),
+             ("eval-last", " (last.pt)", "last.pt", ()), ("eval-last-tta", " (last.pt, TTA)", "last.pt", ("--tta",)))
+
+
+@dataclass(frozen=True)
+class Evaluations:
+    """A run's evaluations as the report shows them: current metrics, stale ones with the command to refresh."""
+
+    metrics: dict[str, dict[str, Any]]  # "valid", "test (TTA)", "valid (last.pt)", ... -> metrics
+    stale: dict[str, str]  # the same labels -> "why (run: command)"
+    figures: list[tuple[str, Path]]
+
+
+def run_evaluations(run: Path) -> Evaluations:
+    """Every eval.py output folder of ``run`` (eval/, eval-tta/, eval-last/, eval-last-tta/), each checked
+    against the checkpoint it evaluated: best.pt (a CV run: its folds') or last.pt."""
+    metrics, stale, figures = {}, {}, []
+    for name, suffix, checkpoint, flags in RUN_EVALS:
+        folder = run / name
+        if not folder.is_dir():
+            continue
+        found = read_metrics(folder)
+        current = None if checkpoint == "best.pt" else [run / checkpoint] if (run / checkpoint).is_file() else []
+        reasons = stale_reasons(run, found, current)
+        model = run if checkpoint == "best.pt" else run / checkpoint
+        for split, m in found.items():
+            if split in reasons:
+                command = shlex.join(["python", "eval.py", "-m", str(model), "--split", split, *flags])
+                stale[split + suffix] = f"{reasons[split]} (run: {command})"
+            else:
+                metrics[split + suffix] = m
+        figures += [(caption + suffix, png) for caption, png in eval_figures(folder, skip=set(reasons))]
+    return Evaluations(metrics, stale, figures)
 
 
 @dataclass(frozen=True)
@@ -22,7 +56,7 @@ class EnsembleReport:
     path: Path
     members: list[dict[str, Any]]  # ensemble.json's: checkpoint, model, image_size, epoch
     metrics: dict[str, dict[str, Any]]  # split -> metrics, current ones only
-    stale: dict[str, str]  # split -> why its evaluation is not of the members' current checkpoints
+    stale: dict[str, str]  # split -> why its evaluation is not of the members' current checkpoints (run: command)
     figures: list[tuple[str, Path]]
 
     @property
@@ -31,7 +65,8 @@ class EnsembleReport:
 
     def refresh(self, split: str) -> str:
         """The eval.py command that evaluates ``split`` again with the same members."""
-        return shlex.join(["python", "eval.py", "-m", *map(str, self.checkpoints), "--split", split,
+        tta = ["--tta"] if self.path.name.endswith("-tta") else []
+        return shlex.join(["python", "eval.py", "-m", *map(str, self.checkpoints), "--split", split, *tta,
                            "--output", str(self.path)])
 
     def describe_members(self) -> str:
@@ -84,5 +119,7 @@ def describe_ensemble(folder: Path) -> EnsembleReport:
         raise UserError(f"{folder / MEMBERS_FILE}: damaged; run the eval.py ensemble command again") from None
     metrics = read_metrics(folder)
     stale = stale_reasons(folder, metrics, checkpoints)
-    return EnsembleReport(folder, members, {k: v for k, v in metrics.items() if k not in stale}, stale,
-                          eval_figures(folder, skip=set(stale)))
+    report = EnsembleReport(folder, members, {k: v for k, v in metrics.items() if k not in stale}, {},
+                            eval_figures(folder, skip=set(stale)))
+    report.stale.update({split: f"{reason} (run: {report.refresh(split)})" for split, reason in stale.items()})
+    return report

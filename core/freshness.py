@@ -58,7 +58,8 @@ def stale_reason(metrics: dict[str, Any], digests: dict[Path, str], best_epoch: 
     what = f"epoch {', '.join(map(str, epochs))}" if epochs else "other weights"
     name = (lambda p: f"{p.parent.name}/{p.name}") if len(digests) > 1 else (lambda p: p.name)  # noqa: E731
     changed = [name(path) for path, digest in digests.items() if digest not in seen] or ["the checkpoints"]
-    now = f" (best.pt is now epoch {best_epoch})" if best_epoch is not None and len(digests) == 1 else ""
+    only_best = len(digests) == 1 and next(iter(digests)).name == "best.pt"
+    now = f" (best.pt is now epoch {best_epoch})" if best_epoch is not None and only_best else ""
     return f"evaluated the weights of {what}; {', '.join(changed)} changed since{now}"
 
 

@@ -14,8 +14,7 @@ from PIL import Image
 
 from core.baseline import baseline_note
 from core.errors import UserError
-from core.evalfolder import EnsembleReport, eval_figures, read_metrics
-from core.freshness import refresh_command, stale_reasons
+from core.evalfolder import EnsembleReport, run_evaluations
 from core.cvsummary import report_table as cv_table
 from core.plots import confusion_panels, plot_confusions, plot_curves
 from core.runs import is_cv_run, read_config, read_history
@@ -67,13 +66,13 @@ class RunReport:
     learning_rate: Any
     best_acc: float | None
     best_epoch: int | None
-    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, test splits first, valid last (current)
+    metrics: dict[str, dict[str, Any]]  # "valid", "test (TTA)", ... -> eval*/<split>_metrics.json (current ones)
     figures: list[tuple[str, Path]]  # (caption, PNG): Grad-CAM grids and non-valid confusion matrices
     train_command: str
     command_rebuilt: bool  # True when config.json had no "command"
     eval_command: str
     augment: str = "rotate"  # the augmentation policy (runs from before --augment all rotated)
-    stale: dict[str, str] = field(default_factory=dict)  # split -> why its evaluation is not of the current best.pt
+    stale: dict[str, str] = field(default_factory=dict)  # split -> why its evaluation is not current (run: command)
 
 
 def describe_run(run: Path) -> RunReport:
@@ -82,8 +81,7 @@ def describe_run(run: Path) -> RunReport:
     history = read_history(run)
     best = history["valid_acc"].idxmax() if len(history) else None
     command = cfg.get("command")
-    metrics = read_metrics(run / "eval")
-    stale = stale_reasons(run, metrics)
+    evaluations = run_evaluations(run)
     return RunReport(
         path=run, model=cfg.get("model") or cfg.get("arch") or run.name.split("-")[0],
         pretrained=str(cfg.get("pretrained") or "no"),
@@ -91,11 +89,11 @@ def describe_run(run: Path) -> RunReport:
         optimizer=cfg.get("optimizer"), learning_rate=cfg.get("learning_rate"),
         best_acc=float(history["valid_acc"][best]) if best is not None else None,
         best_epoch=int(history["epoch"][best]) if best is not None else None,
-        metrics={split: m for split, m in metrics.items() if split not in stale},
-        figures=eval_figures(run / "eval", skip=set(stale)),
+        metrics=evaluations.metrics, figures=evaluations.figures,
         train_command=command or train_command(cfg, run), command_rebuilt=not command,
         eval_command=eval_command(run),
-        augment=str(cfg.get("augment") or "rotate") + (" + EMA" if cfg.get("ema") else ""), stale=stale)
+        augment=str(cfg.get("augment") or "rotate") + (" + EMA" if cfg.get("ema") else ""),
+        stale=evaluations.stale)
 
 
 def train_command(cfg: dict[str, Any], run: Path) -> str:
@@ -168,12 +166,10 @@ def eval_table(reports: list[RunReport], ensembles: list[EnsembleReport] = ()) -
     for r in reports:
         if "valid" not in r.metrics and "valid" not in r.stale and not is_cv_run(r.path):  # CV: see cv_table
             rows.append([r.path.name, "valid", missing_eval(r.path)])
-        for split, reason in r.stale.items():
-            rows.append([r.path.name, split, f"stale: {reason} (run: {refresh_command(r.path, split)})"])
+        rows += [[r.path.name, split, f"stale: {reason}"] for split, reason in r.stale.items()]
         rows += metric_rows(r.path.name, r.metrics)
     for e in ensembles:
-        rows += [[e.path.name, split, f"stale: {reason} (run: {e.refresh(split)})"]
-                 for split, reason in e.stale.items()]
+        rows += [[e.path.name, split, f"stale: {reason}"] for split, reason in e.stale.items()]
         rows += metric_rows(e.path.name, e.metrics)
     return headers, rows
 

@@ -269,3 +269,17 @@ def test_an_ensemble_folder_is_reported_beside_the_runs(storage: Path) -> None:
     markdown, _ = build(storage)
     assert table_row(markdown, "ensemble-A+B", "resnet_18_test")[2].startswith("stale: evaluated the weights of "
                                                                                "epoch 2; B/best.pt changed since")
+
+
+def test_tta_and_last_checkpoint_evaluations_are_rows_of_their_own(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "A", [0.5, 0.75])
+    (run / "best.pt").write_bytes(b"best")
+    (run / "last.pt").write_bytes(b"last, one epoch later")
+    for folder, weights, accuracy in (("eval-tta", b"best", 0.875), ("eval-last", b"last", 0.5)):
+        (run / folder).mkdir()
+        (run / folder / "valid_metrics.json").write_text(json.dumps({**METRICS, "accuracy": accuracy,
+                                                                     "evaluated": evaluated(run, weights, 2)}))
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "A", "valid (TTA)")[3] == "87.50%"
+    assert table_row(markdown, "A", "valid (last.pt)")[2].endswith(
+        f"last.pt changed since (run: python eval.py -m {run / 'last.pt'} --split valid)")
