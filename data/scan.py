@@ -1,0 +1,198 @@
+"""One pass over the files: what each one holds (decodable? pixels' digest, perceptual signature,
+size, mode, bit depth, EXIF orientation), in worker processes, remembered per file between runs.
+
+``scan`` feeds audit.py; ``find_unreadable`` is the cheap pass train.py makes before any long work.
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from data.phash import THUMB_SIDE, WEAK_BITS, signature
+from data.preprocess import decode
+from data.sources import DataError
+
+SCAN_VERSION = 1  # bump when a field's meaning changes: old remembered scans are then ignored
+_CHUNK = 32  # files per worker task
+Progress = Callable[[int], None]  # called with the number of files just finished
+
+
+@dataclass
+class Facts:
+    """Column arrays, one row per file (``path`` order); ``error`` is "" for a readable file."""
+
+    path: np.ndarray  # str
+    size: np.ndarray  # int64 bytes on disk   } the file's identity: a changed file is scanned again
+    mtime: np.ndarray  # int64 ns              }
+    error: np.ndarray  # str
+    digest: np.ndarray  # str: hash of the decoded, upright RGB pixels and their shape
+    hash: np.ndarray  # uint64 perceptual hash (data.phash)
+    weak: np.ndarray  # uint8 N x WEAK_BITS
+    detail: np.ndarray  # float16 N x THUMB_SIDE x THUMB_SIDE
+    width: np.ndarray  # int32, as stored
+    height: np.ndarray  # int32
+    mode: np.ndarray  # str, PIL mode as stored
+    bits: np.ndarray  # int16 bits per sample
+    orientation: np.ndarray  # int16 EXIF orientation, 0 = no tag
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def take(self, rows: np.ndarray | list[int]) -> "Facts":
+        return Facts(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: Sequence["Facts"]) -> "Facts":
+        return Facts(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Facts)})
+
+
+def _rows(records: list[dict]) -> Facts:
+    """Facts from the per-file dicts the workers return."""
+    n = len(records)
+    get = lambda key, default: [r.get(key, default) for r in records]  # noqa: E731
+    return Facts(path=np.array(get("path", ""), dtype=str), size=np.array(get("size", 0), dtype=np.int64),
+                 mtime=np.array(get("mtime", 0), dtype=np.int64), error=np.array(get("error", ""), dtype=str),
+                 digest=np.array(get("digest", ""), dtype=str), hash=np.array(get("hash", 0), dtype=np.uint64),
+                 weak=np.array(get("weak", np.zeros(WEAK_BITS)), dtype=np.uint8).reshape(n, WEAK_BITS),
+                 detail=np.array(get("detail", np.zeros((THUMB_SIDE, THUMB_SIDE))), dtype=np.float16).reshape(
+                     n, THUMB_SIDE, THUMB_SIDE),
+                 width=np.array(get("width", 0), dtype=np.int32), height=np.array(get("height", 0), dtype=np.int32),
+                 mode=np.array(get("mode", ""), dtype=str), bits=np.array(get("bits", 0), dtype=np.int16),
+                 orientation=np.array(get("orientation", 0), dtype=np.int16))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _reason(exc: DataError) -> str:
+    """The decoder's own words, without the path (the report names the path beside it)."""
+    cause = exc.__cause__
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+
+
+def scan_file(path: Path) -> dict:
+    """Everything audit.py needs from one file (decoded once)."""
+    size, mtime = _identity(path)
+    record = {"path": str(path), "size": size, "mtime": mtime}
+    try:
+        decoded = decode(path)
+    except DataError as exc:
+        return {**record, "error": _reason(exc)}
+    pixels = np.asarray(decoded.rgb)
+    digest = hashlib.blake2b(pixels.tobytes(), digest_size=16)
+    digest.update(str(pixels.shape).encode())
+    code, weak, detail = signature(decoded.rgb)
+    return {**record, "digest": digest.hexdigest(), "hash": code, "weak": weak, "detail": detail,
+            "width": decoded.size[0], "height": decoded.size[1], "mode": decoded.mode, "bits": decoded.bits,
+            "orientation": decoded.orientation or 0}
+
+
+def _scan_chunk(paths: Sequence[Path]) -> list[dict]:
+    return [scan_file(p) for p in paths]
+
+
+def _check_chunk(paths: Sequence[Path]) -> list[tuple[str, str]]:
+    failed = []
+    for path in paths:
+        try:
+            decode(path, draft_side=64)  # a JPEG's whole stream is still read at 1/8 scale
+        except DataError as exc:
+            failed.append((str(path), _reason(exc)))
+    return failed
+
+
+def _run_chunks(task: Callable, paths: Sequence[Path], workers: int | None, on_done: Progress | None) -> list:
+    """``task`` over chunks of ``paths`` in ``workers`` processes; the results in chunk order."""
+    chunks = [list(paths[start:start + _CHUNK]) for start in range(0, len(paths), _CHUNK)]
+    workers = max(1, min(workers or os.cpu_count() or 1, 8, len(chunks)))
+    results = []
+    if workers == 1:
+        for chunk in chunks:
+            results.append(task(chunk))
+            if on_done:
+                on_done(len(chunk))
+        return results
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for chunk, result in zip(chunks, pool.map(task, chunks)):
+            results.append(result)
+            if on_done:
+                on_done(len(chunk))
+    return results
+
+
+def find_unreadable(paths: Sequence[Path], workers: int | None = None,
+                    on_done: Progress | None = None) -> list[tuple[str, str]]:
+    """(path, reason) for every file of ``paths`` that cannot be decoded, in order."""
+    return [item for part in _run_chunks(_check_chunk, paths, workers, on_done) for item in part]
+
+
+def _load_remembered(memory: Path | None) -> Facts | None:
+    if memory is None or not memory.is_file():
+        return None
+    try:
+        with np.load(memory, allow_pickle=False) as saved:
+            if int(saved["version"]) != SCAN_VERSION:
+                return None
+            return Facts(**{f.name: saved[f.name] for f in fields(Facts)})
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged memory is only a slower scan
+
+
+def _remember(memory: Path, facts: Facts) -> None:
+    memory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memory.with_name(f".{memory.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
+    try:
+        np.savez(tmp, version=SCAN_VERSION, **{f.name: getattr(facts, f.name) for f in fields(facts)})
+        os.replace(tmp, memory)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def scan(paths: Sequence[Path], memory: Path | None = None, workers: int | None = None,
+         on_done: Progress | None = None) -> Facts:
+    """Facts for each of ``paths`` (distinct), in order; files unchanged since ``memory`` was written
+    (same size and mtime) are not decoded again. ``memory`` (an .npz) is rewritten with the result."""
+    remembered = _load_remembered(memory)
+    known: dict[str, int] = {}
+    if remembered is not None:
+        known = {p: i for i, p in enumerate(remembered.path.tolist())}
+    reuse, fresh = [], []
+    for path in paths:
+        row = known.get(str(path))
+        size, mtime = _identity(path)
+        if row is not None and remembered.size[row] == size and remembered.mtime[row] == mtime:
+            reuse.append((str(path), row))
+        else:
+            fresh.append(path)
+    if on_done and reuse:
+        on_done(len(reuse))
+    records = [r for part in _run_chunks(_scan_chunk, fresh, workers, on_done) for r in part]
+    parts = [_rows(records)] if records else []
+    if reuse:
+        parts.append(remembered.take([row for _, row in reuse]))
+    facts = Facts.concat(parts) if parts else _rows([])
+    position = {p: i for i, p in enumerate(facts.path.tolist())}
+    facts = facts.take([position[str(p)] for p in paths])
+    if memory is not None and fresh:
+        _remember(memory, facts)
+    return facts
+
+
+def memory_file(cache_dir: Path, root: Path) -> Path:
+    """Where the scan of the data set under ``root`` is remembered."""
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"audit-scan-{key}.npz"
