@@ -15,18 +15,23 @@ a patient in two such splits. Duplicates inside one split with one label are rep
 """
 from __future__ import annotations
 
-import hashlib
+import csv
+import io
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from data.patients import patient_ids
 from data.phash import groups, near_pairs
-from data.scan import Facts
+from data.scan import Facts, pixel_digest
 from data.sources import DataSource, Split
+
+if TYPE_CHECKING:
+    from data.cache import ImageDataset  # imports torch: only for the type
 
 
 @dataclass(frozen=True)
@@ -161,21 +166,41 @@ def near_duplicates(entries: list[Entry], keys: list[str | None], facts: Facts, 
             for group in groups(len(reps), pairs)]
 
 
-def quick_audit(splits: dict[str, Split], pixels: dict[str, np.ndarray], classes: Sequence[str],
+def quick_audit(splits: dict[str, Split], pixels: dict[str, np.ndarray | None], classes: Sequence[str],
                 unreadable: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """The cheap checks train.py makes on every start, from the decoded caches (N x H x W x 3 uint8
-    per split): exact copies (at the cached size), label conflicts, patient overlap."""
+    per split; None without a cache: then only a file listed twice counts as a copy): exact copies
+    at the cached size, label conflicts, patient overlap."""
     entries = entries_of(splits, classes)
-    keys = []
-    for name in splits:
-        keys += row_digests(pixels[name])
+    keys: list[str | None] = []
+    for name, split in splits.items():
+        keys += row_digests(pixels[name]) if pixels.get(name) is not None else [str(p) for p in split.paths]
     found = [describe_group("exact", m) for m in exact_groups(entries, keys)]
-    report = {"images": len(entries), "checked": "exact copies at the training size, label conflicts, "
-              "patient overlap (python audit.py adds near copies, test lists, file facts)",
+    cached = all(pixels.get(name) is not None for name in splits)
+    report = {"images": len(entries), "checked": ("exact copies at the training size" if cached else
+                                                  "files listed twice (--no-cache: no pixels compared)")
+              + ", label conflicts, patient overlap (python audit.py adds near copies, test lists, file facts)",
               "unreadable": [{"path": p, "error": e} for p, e in unreadable], "duplicates": found,
               "patient_overlap": patient_overlap(splits),
               "splits": {name: split_summary(split, classes, None) for name, split in splits.items()}}
     return finish(report)
+
+
+def audit_training(run_dir: Path, source: DataSource, datasets: Sequence["ImageDataset"]) -> str:
+    """train.py's audit: ``quick_audit`` of its datasets into <run>/audit.json (the report shows its
+    summary), the images left out into <run>/unreadable.csv; returns the line to print."""
+    from data.cache import write_atomically
+
+    splits = {d.split.name: d.split for d in datasets}
+    report = quick_audit(splits, {d.split.name: d.pixels for d in datasets}, source.classes, source.unreadable)
+    report["summary"] = quick_line(report)
+    write_atomically(Path(run_dir) / "audit.json", (json.dumps(report, indent=1) + "\n").encode())
+    if source.unreadable:
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerows([("path", "error"), *source.unreadable])
+        write_atomically(Path(run_dir) / "unreadable.csv", table.getvalue().encode())
+    return report["summary"]
 
 
 def row_digests(array: np.ndarray, chunk: int = 256) -> list[str]:
@@ -183,7 +208,7 @@ def row_digests(array: np.ndarray, chunk: int = 256) -> list[str]:
     digests = []
     for start in range(0, len(array), chunk):
         block = np.ascontiguousarray(array[start:start + chunk])
-        digests += [hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() for image in block]
+        digests += [pixel_digest(image) for image in block]
     return digests
 
 

@@ -103,9 +103,9 @@ def test_a_clean_set_exits_0(tmp_path: Path) -> None:
 def test_a_second_audit_reads_the_remembered_scan(planted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, _ = planted
     _, first = run_audit(data, tmp_path)
-    import data.scan
+    import data.scan as scan
 
-    monkeypatch.setattr(data.scan, "scan_file", lambda path: pytest.fail(f"decoded {path} again"))
+    monkeypatch.setattr(scan, "scan_file", lambda path: pytest.fail(f"decoded {path} again"))
     _, second = run_audit(data, tmp_path)
     assert second["duplicates"] == first["duplicates"]
 
