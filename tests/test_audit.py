@@ -1,4 +1,4 @@
-"""audit.py: every planted problem found (and nothing much else), the exit status, the JSON shape, speed of the search."""
+"""audit.py: every planted problem found (and little else), the exit status, the JSON shape, the band search."""
 from __future__ import annotations
 
 import json
@@ -49,8 +49,9 @@ def plant_problems(data: Path) -> dict[str, list[str]]:
 
 def run_audit(data: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
     out = tmp_path / "audit.json"
-    status = run_cli(audit_script.main, ["--data", str(data), "--json", str(out), "--cache-dir", str(tmp_path / "cache"),
-                                         "--montage", str(tmp_path / "duplicates.png"), "--workers", "1", *extra])
+    status = run_cli(audit_script.main, ["--data", str(data), "--json", str(out), "--workers", "1",
+                                         "--cache-dir", str(tmp_path / "cache"),
+                                         "--montage", str(tmp_path / "duplicates.png"), *extra])
     return status, json.loads(out.read_text())
 
 

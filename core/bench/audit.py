@@ -122,7 +122,8 @@ def benchmark_audit(images: int = CNMC_IMAGES, side: int = CNMC_SIDE, hashes: in
 
 def format_table(row: dict[str, Any]) -> str:
     lines = [f"audit of {row['images']:,} synthetic {row['side']} px BMPs on {row['cpu_cores']} cores: "
-             f"cold {row['cold_s']:.1f} s ({row['cold_images_per_s']:.0f} img/s), remembered scan {row['warm_s']:.2f} s; "
+             f"cold {row['cold_s']:.1f} s ({row['cold_images_per_s']:.0f} img/s), "
+             f"remembered scan {row['warm_s']:.2f} s; "
              f"{row['duplicate_groups']} duplicate groups found ({row['near_groups']} near) "
              f"[writing the images took {row['generate_s']:.0f} s]"]
     lines += [f"near-copy search over {s['hashes']:,} hashes (8 probes each): {s['seconds']:.2f} s, "
