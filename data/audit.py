@@ -27,7 +27,7 @@ import numpy as np
 
 from data.patients import patient_ids
 from data.phash import groups, near_pairs
-from data.scan import Facts, pixel_digest
+from data.scan import Facts, pixel_digests
 from data.sources import DataSource, Split
 
 if TYPE_CHECKING:
@@ -203,13 +203,9 @@ def audit_training(run_dir: Path, source: DataSource, datasets: Sequence["ImageD
     return report["summary"]
 
 
-def row_digests(array: np.ndarray, chunk: int = 256) -> list[str]:
+def row_digests(array: np.ndarray, chunk: int = 64) -> list[str]:
     """A digest of each image of an N x H x W x C array, read in chunks (a memory map stays on disk)."""
-    digests = []
-    for start in range(0, len(array), chunk):
-        block = np.ascontiguousarray(array[start:start + chunk])
-        digests += [pixel_digest(image) for image in block]
-    return digests
+    return [key for start in range(0, len(array), chunk) for key in pixel_digests(array[start:start + chunk])]
 
 
 def quick_line(report: dict[str, Any]) -> str:

@@ -108,19 +108,23 @@ def _multipliers(words: int) -> np.ndarray:
     return rng.integers(0, 2 ** 63, (2, words), dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
 
 
-def pixel_digest(pixels: np.ndarray) -> str:
-    """128-bit digest of an image's pixels and shape: two multilinear hashes of its 64-bit words (mod 2^64).
-
-    Distinct images collide with probability about 2^-64 per hash (random odd multipliers); ~20x
-    faster than blake2b, which matters at every training start (train.py hashes its caches).
-    """
-    raw = np.ascontiguousarray(pixels).reshape(-1).view(np.uint8)
-    if len(raw) % 8:
-        raw = np.concatenate([raw, np.zeros(8 - len(raw) % 8, np.uint8)])
+def pixel_digests(images: np.ndarray) -> list[str]:
+    """A 128-bit digest of each image (N x ...) with its shape: two multilinear hashes of its 64-bit words
+    (mod 2^64, random odd multipliers). Distinct images collide with probability about 2^-64 per
+    hash; ~20x faster than blake2b, which matters at every training start (train.py hashes its caches)."""
+    raw = np.ascontiguousarray(images).reshape(len(images), -1).view(np.uint8)
+    if raw.shape[1] % 8:
+        raw = np.concatenate([raw, np.zeros((len(raw), 8 - raw.shape[1] % 8), np.uint8)], axis=1)
     words = raw.view(np.uint64)
-    keys = _multipliers(len(words))
-    first, second = (words * keys[0]).sum(dtype=np.uint64), (words * keys[1]).sum(dtype=np.uint64)
-    return f"{int(first):016x}{int(second):016x}-{'x'.join(map(str, pixels.shape))}"
+    keys = _multipliers(words.shape[1])
+    first, second = (words * keys[0]).sum(axis=1, dtype=np.uint64), (words * keys[1]).sum(axis=1, dtype=np.uint64)
+    shape = "x".join(map(str, images.shape[1:]))
+    return [f"{int(a):016x}{int(b):016x}-{shape}" for a, b in zip(first, second)]
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """``pixel_digests`` of one image."""
+    return pixel_digests(pixels[None])[0]
 
 
 def _scan_chunk(paths: Sequence[Path]) -> list[dict]:
