@@ -51,12 +51,15 @@ def distinct_splits(source: DataSource) -> tuple[dict[str, Split], dict[str, str
     (the lab's resnet_18/50/152_test.csv list one test set three times: not a leak)."""
     kept: dict[str, Split] = {}
     same: dict[str, str] = {}
+    contents: dict[str, set] = {}
     for name, split in source.splits.items():
-        twin = next((k for k, s in kept.items() if s.paths == split.paths and s.labels == split.labels), None)
+        labels = split.labels if split.labels is not None else [None] * len(split)
+        content = set(zip(split.paths, labels))  # in any order
+        twin = next((k for k, c in contents.items() if c == content), None)
         if twin:
             same[name] = twin
         else:
-            kept[name] = split
+            kept[name], contents[name] = split, content
     return kept, same
 
 

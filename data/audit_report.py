@@ -69,7 +69,7 @@ def summary_text(report: dict[str, Any], montage: Path | None) -> str:
         shared = [f"    {pair}: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''} ({len(ids)})"
                   for pair, ids in overlap.items() if ids]
         lines += _section("patients in two splits", shared, len(shared))
-    lines += _section("duplicates inside one split (same label: reported, not an error)",
+    lines += _section("other duplicates (inside one split or between test lists; not an error)",
                       [_group_line(g) for g in inside], len(inside))
     lines.append("  per split:")
     lines += [_split_line(name, s) for name, s in report["splits"].items()]
@@ -86,6 +86,7 @@ def draw_montage(report: dict[str, Any], out: Path, groups: int = MONTAGE_GROUPS
     each titled with its list, label and file. None if there are no duplicates."""
     chosen = report["duplicates"][:groups]
     if not chosen:
+        out.unlink(missing_ok=True)  # an earlier audit's pairs must not be taken for this one's
         return None
     import matplotlib
 
@@ -99,7 +100,7 @@ def draw_montage(report: dict[str, Any], out: Path, groups: int = MONTAGE_GROUPS
     for row, group in enumerate(chosen):
         items = _two_sides(group)
         verdict = ("label conflict" if group["label_conflict"] else "across splits" if group["across_splits"]
-                   else "inside one split")
+                   else "no leak")
         for col, item in enumerate(items):
             ax = axes[row, col]
             ax.set_axis_off()

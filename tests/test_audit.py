@@ -101,6 +101,16 @@ def test_a_clean_set_exits_0(tmp_path: Path) -> None:
     assert report["problems"] == 0 and report["duplicates"] == []
 
 
+def test_test_lists_of_the_same_images_in_any_order_are_audited_once(tmp_path: Path) -> None:
+    data = write_cell_set(tmp_path)
+    csv = data / "resnet_50_test.csv"
+    header, *rows = csv.read_text().splitlines()
+    csv.write_text("\n".join([header, *reversed(rows)]) + "\n")
+    status, report = run_audit(data, tmp_path)
+    assert status == 0 and report["duplicates"] == []
+    assert set(report["same_lists"]) == {"resnet_18_test", "resnet_50_test"}
+
+
 def test_a_second_audit_reads_the_remembered_scan(planted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, _ = planted
     _, first = run_audit(data, tmp_path)
