@@ -28,7 +28,6 @@ from core.hardware import make_runtime, out_of_memory_message
 from core.pretrained import load_pretrained
 from core.runs import link_latest, write_history, write_json
 from core.signals import StopSignal
-from data.audit import audit_training
 from models import build_model, display_name
 
 COUNTERS = ("epoch", "step", "history", "best_acc", "best_epoch")  # the loop's state, saved in every checkpoint
@@ -115,7 +114,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
     stop = StopSignal()  # before the first print, so a signal from now on saves last.pt
     if dist.is_main:
         announce(run, source)
-        print(audit_training(run.run_dir, source, (run.train_loader.dataset, run.valid_loader.dataset)))
+        print(data.audit_training(run.run_dir, source, (run.train_loader.dataset, run.valid_loader.dataset)))
     try:
         for epoch in range(run.counters.epoch, cfg.epochs):
             run.train_loader.set_epoch(epoch, start_batch=run.counters.step)

@@ -5,6 +5,7 @@
     cache.ImageDataset(split, prep)    -> uint8 3xHxW tensors, decoded+cropped+resized once (cache)
     loader.make_loader(dataset, ...)   -> batches (uint8 Nx3xHxW, int64 N) on the CPU
     augment.BatchTransform(prep, ...)  -> on the device: augmentation (train) + normalisation -> float
+    scan.scan(paths) + audit.audit(...) -> audit.py's findings (leaks, copies, label conflicts, unreadable)
 
 One module per concern: ``sources`` (Split, DataSource, CSV reading), one module per layout
 family (``cells``: lab + Kaggle C-NMC; ``retina``; ``generic``: CSV and folders), ``preprocess``
@@ -18,6 +19,7 @@ from typing import Any
 
 # name -> module. Loaded on first use, so that a script's --help does not wait for torch.
 _EXPORTS = {
+    "audit": ("audit_training",),
     "augment": ("BatchTransform", "COLOUR_JITTER", "Jitter", "default_augment", "sampling_grid"),
     "cache": ("ImageDataset", "build_cache"),
     "cells": ("LEUKEMIA_CLASSES",),
