@@ -160,7 +160,7 @@ def near_duplicates(entries: list[Entry], keys: list[str | None], facts: Facts, 
             first_row.setdefault(key, r)
     reps = list(first_row.values())
     digests = list(first_row)
-    pairs = near_pairs(facts.hash[reps], facts.weak[reps], facts.detail[reps].astype(np.float32))
+    pairs = near_pairs(facts.hash[reps], facts.weak[reps], facts.detail[reps])
     members_of: dict[str, list[Entry]] = {}
     for entry, key in zip(entries, keys):
         if key is not None:

@@ -129,12 +129,12 @@ def candidate_pairs(hashes: np.ndarray, weak: np.ndarray | None = None, max_bits
     return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
-def correlation(details: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Pearson correlation of the normalised details of each pair (details: N x side x side)."""
-    if not len(pairs):
-        return np.empty(0)
-    flat = details.reshape(len(details), -1).astype(np.float32)
-    return np.einsum("ij,ij->i", flat[pairs[:, 0]], flat[pairs[:, 1]]) / flat.shape[1]
+def correlation(details: np.ndarray, pairs: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Pearson correlation of the normalised details of each pair (details: N x side x side, any float type)."""
+    flat = details.reshape(len(details), -1)
+    scores = [np.einsum("ij,ij->i", flat[part[:, 0]].astype(np.float32), flat[part[:, 1]].astype(np.float32))
+              for part in np.array_split(pairs, max(1, -(-len(pairs) // chunk)))]
+    return np.concatenate(scores) / flat.shape[1] if len(pairs) else np.empty(0)
 
 
 def near_pairs(hashes: np.ndarray, weak: np.ndarray, details: np.ndarray, max_bits: int = MAX_BITS,
