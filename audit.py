@@ -16,15 +16,15 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import data
+from common.choices import LAYOUTS, SPLIT_METHODS
 from core.errors import run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="new_dataset", help="data root (default new_dataset/)")
-    p.add_argument("--layout", default="auto", choices=("auto", *data.LAYOUTS), help="data layout (default: detected)")
-    p.add_argument("--split", default="patient", choices=data.SPLIT_METHODS,
+    p.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS), help="data layout (default: detected)")
+    p.add_argument("--split", default="patient", choices=SPLIT_METHODS,
                    help="how train.py splits train/valid when the layout has no valid list (default patient)")
     p.add_argument("--seed", type=int, default=0, help="the split's seed, as given to train.py (default 0)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the full report as JSON")
@@ -42,11 +42,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from core.progress import progress
+    from data import open_data  # loads torch (the data package's __init__)
     from data.audit import audit
     from data.audit_report import draw_montage, summary_text
     from data.scan import memory_file, scan
 
-    source = data.open_data(args.data, args.layout, args.split, seed=args.seed)
+    source = open_data(args.data, args.layout, args.split, seed=args.seed)
     paths = list(dict.fromkeys(p for split in source.splits.values() for p in split.paths))
     memory = memory_file(args.cache_dir, source.root) if args.cache else None
     with progress(len(paths), "reading images", "img") as bar:
