@@ -35,9 +35,9 @@ VALID_SHARE = 0.2
 
 
 def draw_cell(index: int, side: int) -> Image.Image:
-    """A textured disc with a nucleus on black; the texture (coarse blotches) makes every cell its own."""
+    """A textured disc with a nucleus on black; the texture (blotches ~1/40 of the side) makes every cell its own."""
     rng = np.random.default_rng(index)
-    texture = Image.fromarray(rng.integers(60, 255, (12, 12), dtype=np.uint8)).resize((side, side),
+    texture = Image.fromarray(rng.integers(60, 255, (40, 40), dtype=np.uint8)).resize((side, side),
                                                                                      Image.Resampling.BICUBIC)
     colour = np.array(rng.integers((110, 40, 150), (190, 110, 230)), dtype=np.float32)
     shade = np.asarray(texture, dtype=np.float32)[..., None] / 255.0
