@@ -4,7 +4,10 @@ Metrics JSON (``<split>_metrics.json``): ``accuracy``, ``weighted_f1``, ``macro_
 ``roc_auc`` (two classes) or ``quadratic_kappa`` (grades) are each ``{"value": x, "ci95": [lo, hi]}``
 (``ci95`` is null with ``--bootstrap 0`` or where undefined); ``bootstrap`` says how many resamples
 of which unit (``patients`` or ``images``); ``patients`` holds the same metrics per patient where
-file names carry patient ids; ``operating_point`` (two classes) and ``calibration`` as named.
+file names carry patient ids (``rule``: how a patient's label and prediction are made, core/patients.py);
+``operating_point`` (two classes: ``threshold``, ``positive_class``, sensitivity, ...) and ``calibration``
+as named; ``evaluated`` (core.fitted.provenance): the checkpoints (path, epoch, digest), the TTA used
+(null: off; ``flips+rot90``, ``none``), the temperature applied, the split and its data fingerprint.
 """
 from __future__ import annotations
 
@@ -19,12 +22,15 @@ from core import calibration, threshold
 from core.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
 from core.evalfigures import save_curves_png, save_reliability_png
 from core.metrics import classification_metrics, confusion, save_confusion_png
-from core.patients import mean_probs, patient_table
+from core.patients import MEAN_PROBABILITY, mean_probs, patient_predictions, patient_rule, patient_table
 from core.runs import write_json, write_text_atomic
+from core.threshold import DEFAULT_POSITIVE
 from data import Split
-from data.patients import patient_ids
+from data.patients import split_patients
 
 INTERVAL_METRICS = ("accuracy", "weighted_f1", "macro_recall", "roc_auc", "quadratic_kappa")
+SELECTED_ON_VALID = ("the epoch (best.pt), and any threshold or temperature, were chosen on valid: its intervals "
+                     "are optimistic; a labelled test split gives the unbiased ones")
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,12 @@ class EvalSettings:
     classes: tuple[str, ...]
     run_name: str  # carried by every Kaggle CSV's name
     title: str  # e.g. "ResNet18" or "ensemble-a+b", for figure titles
-    threshold: float | None = None  # two classes: P(class 1) that calls it positive; None: arg-max
+    threshold: float | None = None  # two classes: P(positive) that calls it positive; None: arg-max
     temperature: float | None = None  # already applied to the probabilities; recorded in the metrics
     resamples: int = 2000
     seed: int = 0
+    positive: int = DEFAULT_POSITIVE  # two classes: the class index the threshold is about
+    evaluated: dict[str, Any] | None = None  # core.fitted.provenance without the split: what was evaluated
 
 
 def submission_path(out: Path, split_name: str, run_name: str) -> Path:
@@ -47,7 +55,7 @@ def submission_path(out: Path, split_name: str, run_name: str) -> Path:
 
 def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSettings) -> dict[str, Any] | None:
     """Write every output of ``split``; returns its metrics (None for an unlabelled split)."""
-    preds = threshold.predictions(probs, s.threshold)
+    preds = threshold.predictions(probs, s.threshold, s.positive)
     table = pd.DataFrame({"ID": split.ids, **{f"prob_{c}": probs[:, i] for i, c in enumerate(s.classes)},
                           "pred": preds})
     write_text_atomic(s.out / f"{split.name}_probs.csv", table.to_csv(index=False))
@@ -57,10 +65,16 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
         print(f"{split.name}: Kaggle submission ({len(preds)} rows) -> {submission}")
     if split.labels is None:
         return None
-    patients = patient_ids(split.paths)
+    found = split_patients(split)
+    if found.warning:
+        print(f"{split.name}: warning: {found.warning}")
+    patients = found.ids
     m = scored(labels, probs, preds, s, patients)
     if patients is not None:
-        m["patients"] = patient_metrics(split.name, patients, labels, probs, preds, s)
+        m["patients"] = patient_metrics(split.name, patients, patient_rule(found.pattern), (labels, probs, preds), s)
+    if split.name == "valid":
+        for entry in (m, m.get("patients", {})):
+            entry.get("bootstrap", {})["note"] = SELECTED_ON_VALID
     counts, normalised = confusion(labels, preds, len(s.classes))
     m["confusion"], m["confusion_normalised"] = counts.tolist(), normalised.round(4).tolist()
     frame = pd.DataFrame(counts, index=[f"true {c}" for c in s.classes], columns=[f"pred {c}" for c in s.classes])
@@ -68,6 +82,8 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
     bins = calibration.reliability(labels, probs)
     m["calibration"] = {"ece": calibration.expected_calibration_error(bins), "bins": bins,
                         "temperature": s.temperature}
+    if s.evaluated is not None:
+        m["evaluated"] = {**s.evaluated, "split": split.name, "data_fingerprint": split.fingerprint()}
     write_json(s.out / f"{split.name}_metrics.json", m)
     write_figures(split.name, labels, probs, m, counts, normalised, s)
     print(format_metrics(m, f"{split.name}:"))
@@ -84,22 +100,27 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
     m.update(with_intervals(point, intervals))
     m["bootstrap"] = {"resamples": s.resamples, "unit": plan.unit, "seed": s.seed}
     if len(s.classes) == 2:
-        m["operating_point"] = threshold.operating_point(labels, preds,
-                                                         threshold.DEFAULT if s.threshold is None else s.threshold)
+        cut = threshold.DEFAULT if s.threshold is None else s.threshold
+        m["operating_point"] = {**threshold.operating_point(labels, preds, cut, s.positive),
+                                "positive_class": s.classes[s.positive]}
     return m
 
 
-def patient_metrics(split_name: str, patients: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                    preds: np.ndarray, s: EvalSettings) -> dict[str, Any]:
-    """``<split>_patients.csv`` and the metrics of the patient-level predictions (mean probability)."""
-    table = patient_table(patients, labels, probs, preds, s.classes)
+def patient_metrics(split_name: str, patients: np.ndarray, rule: str,
+                    predicted: tuple[np.ndarray, np.ndarray, np.ndarray], s: EvalSettings) -> dict[str, Any]:
+    """``<split>_patients.csv`` and the metrics of the patient-level predictions by ``rule`` (core.patients);
+    ``predicted`` is the images' (labels, probabilities, predictions)."""
+    table = patient_table(patients, *predicted, s.classes)
     patient_probs = mean_probs(table, s.classes)
-    table.insert(len(table.columns) - 1, "pred", threshold.predictions(patient_probs, s.threshold))
+    pred = patient_predictions(table, rule, s.classes, lambda p: threshold.predictions(p, s.threshold, s.positive))
+    table = table.drop(columns="worst_pred")
+    table.insert(len(table.columns) - 1, "pred", pred)
     write_text_atomic(s.out / f"{split_name}_patients.csv", table.to_csv(index=False))
     patient_labels = table["label"].to_numpy()
     each_own = np.arange(len(table))  # one row per patient: resampling rows resamples patients
-    m = scored(patient_labels, patient_probs, table["pred"].to_numpy(), s, each_own)
+    m = scored(patient_labels, patient_probs, pred, s, each_own)
     m["patients"] = m.pop("images")
+    m["rule"] = rule
     return m
 
 
@@ -108,7 +129,11 @@ def write_figures(split_name: str, labels: np.ndarray, probs: np.ndarray, m: dic
     title = f"{s.title} - {split_name}"
     save_confusion_png(counts, normalised, s.classes, f"{title} (accuracy {m['accuracy']['value']:.2%})",
                        s.out / f"{split_name}_confusion.png")
-    save_curves_png(labels, probs, s.classes, m.get("operating_point"), title, s.out / f"{split_name}_roc.png")
+    if len(s.classes) == 2 and s.positive == 0:  # the curves are drawn for class 1: make the positive class 1
+        labels, probs, classes = 1 - labels, probs[:, ::-1], s.classes[::-1]
+    else:
+        classes = s.classes
+    save_curves_png(labels, probs, classes, m.get("operating_point"), title, s.out / f"{split_name}_roc.png")
     save_reliability_png(m["calibration"]["bins"], m["calibration"]["ece"], f"{title}: reliability",
                          s.out / f"{split_name}_reliability.png")
 
@@ -128,14 +153,18 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
     b = m["bootstrap"]
     how = f"95% intervals: {b['resamples']} bootstrap resamples of {b['unit']}" if b["resamples"] else "no intervals"
     lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m)]
+    if b.get("note"):
+        lines.append(f"  note: {b['note']}")
     op = m.get("operating_point")
     if op:
         show = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
-        lines.append(f"  at threshold {op['threshold']:.4g}: sensitivity {show(op['sensitivity'])}   specificity "
+        lines.append(f"  at threshold {op['threshold']:.4g} for {op['positive_class']}: sensitivity "
+                     f"{show(op['sensitivity'])}   specificity "
                      f"{show(op['specificity'])}   PPV {show(op['ppv'])}   NPV {show(op['npv'])}")
     lines.append(f"  expected calibration error {m['calibration']['ece']:.4f}")
     if "patients" in m:
-        lines.append(f"  per patient ({m['patients']['patients']} patients): {summary_line(m['patients'])}")
+        p = m["patients"]
+        lines.append(f"  per patient ({p['patients']} patients, {p.get('rule', MEAN_PROBABILITY)}): {summary_line(p)}")
     lines.append(f"  {'class':<16}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}")
     for name, r in m["per_class"].items():
         lines.append(f"  {name:<16}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1-score']:>10.4f}"
@@ -148,40 +177,3 @@ def summary_line(m: dict[str, Any]) -> str:
                                         ("macro_recall", "macro recall"), ("roc_auc", "ROC-AUC"),
                                         ("quadratic_kappa", "QW kappa"))
     return "   ".join(f"{label} {format_interval(m[key], key == 'accuracy')}" for key, label in names if key in m)
-
-
-def operating_settings(out: Path, valid: tuple[np.ndarray, np.ndarray] | None, calibrate: bool,
-                       rule: str | None, classes: Sequence[str]) -> tuple[float | None, float | None]:
-    """(temperature, threshold): fitted on ``valid`` (probabilities, labels) when asked and saved in ``out``,
-    else read back from an earlier evaluation there, else (None, 0.5 for two classes / None)."""
-    from core.errors import UserError
-
-    if (calibrate or rule) and (valid is None or (valid[1] < 0).any()):
-        raise UserError("--calibrate and --threshold are fitted on the valid split, which has no labels here")
-    temperature = None
-    if calibrate:
-        probs, labels = valid
-        temperature = calibration.fit_temperature(labels, probs)
-        calibration.save(out, temperature, summary(labels, probs), summary(labels, calibration.scale(probs, temperature)))
-        print(f"calibration: temperature {temperature:.3f} fitted on valid -> {out / calibration.FILE}")
-    elif (saved := calibration.load(out)) is not None:
-        temperature = float(saved["temperature"])
-        print(f"calibration: temperature {temperature:.3f} from {out / calibration.FILE} (delete it to stop)")
-    if rule:
-        probs, labels = valid
-        probs = calibration.scale(probs, temperature) if temperature else probs
-        cut = threshold.choose_threshold(rule, labels, probs[:, 1])
-        threshold.save(out, rule, cut, classes[1])
-        print(f"operating point: {rule} on valid -> threshold {cut:.4g} for {classes[1]} -> {out / threshold.FILE}")
-        return temperature, cut
-    if len(classes) == 2 and (saved := threshold.load(out)) is not None:
-        cut = float(saved["threshold"])
-        print(f"operating point: threshold {cut:.4g} ({saved.get('rule')}) from {out / threshold.FILE}")
-        return temperature, cut
-    return temperature, threshold.DEFAULT if len(classes) == 2 else None
-
-
-def summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Cross-entropy and ECE of probabilities, before/after calibration."""
-    return {"nll": calibration.nll(labels, probs),
-            "ece": calibration.expected_calibration_error(calibration.reliability(labels, probs))}
