@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from data.patients import patient_ids
+from data.patients import IMAGE_GROUP, split_patients
 from data.phash import groups, near_pairs
 from data.scan import Facts, pixel_digests
 from data.sources import DataSource, Split
@@ -96,14 +96,18 @@ def exact_groups(entries: list[Entry], keys: list[str | None]) -> list[list[Entr
 
 
 def patient_overlap(splits: dict[str, Split]) -> dict[str, list[str]]:
-    """{"a/b": patients in both} for each pair of splits that must be disjoint and whose names carry ids."""
-    ids = {name: patient_ids(split.paths) for name, split in splits.items()}
+    """{"a/b": patients in both} for each pair of splits that must be disjoint and that both carry patient
+    ids (in their file names, or listed like Kaggle's Patient_ID)."""
+    ids = {}
+    for name, split in splits.items():
+        found = split_patients(split).ids  # an image whose name carries no id is its own group: not a patient
+        ids[name] = None if found is None else {i for i in found.tolist() if not i.startswith(IMAGE_GROUP)}
     overlap = {}
     names = list(splits)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if must_be_disjoint(a, b) and ids[a] is not None and ids[b] is not None:
-                overlap[f"{a}/{b}"] = sorted(set(ids[a].tolist()) & set(ids[b].tolist()))
+            if must_be_disjoint(a, b) and ids[a] and ids[b]:
+                overlap[f"{a}/{b}"] = sorted(ids[a] & ids[b])
     return overlap
 
 

@@ -265,6 +265,6 @@ def _without(split: Split, bad: set[str]) -> Split:
     keep = [i for i, p in enumerate(split.paths) if str(p) not in bad]
     if not keep:
         raise DataError(f"split {split.name!r} has no readable image left ({split.source})")
-    labels = None if split.labels is None else tuple(split.labels[i] for i in keep)
-    return replace(split, paths=tuple(split.paths[i] for i in keep), labels=labels,
-                   ids=tuple(split.ids[i] for i in keep))
+    pick = lambda values: None if values is None else tuple(values[i] for i in keep)  # noqa: E731
+    return replace(split, paths=pick(split.paths), labels=pick(split.labels), ids=pick(split.ids),
+                   patients=pick(split.patients))
