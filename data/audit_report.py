@@ -76,8 +76,10 @@ def summary_text(report: dict[str, Any], montage: Path | None) -> str:
     if montage is not None:
         lines.append(f"  duplicate pairs drawn in {montage}")
     problems = report["problems"]
-    lines.append(f"{problems} problem{'s' if problems != 1 else ''} that break training or inflate results"
-                 if problems else "no problems found")
+    if problems == 1:
+        lines.append("1 problem that breaks training or inflates results")
+    else:
+        lines.append(f"{problems} problems that break training or inflate results" if problems else "no problems found")
     return "\n".join(lines)
 
 
