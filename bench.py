@@ -99,13 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from core.bench.suite import (check_targets, describe_machine, format_targets, machine_info, plain,
                                   run_end_to_end, run_models, run_pipeline, timed_section)
-    from core.hardware import make_runtime, out_of_memory_message
+    from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
     from core.runs import write_json
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    rt = make_runtime(device, None, None)  # also turns on cuDNN autotuning and TF32 on CUDA
+    enable_fast_kernels(device)  # cuDNN autotuning and TF32 on CUDA, as train.py has them
+    rt = make_runtime(device, None, None)
     report: dict[str, Any] = {"machine": machine_info(device), "config": plain(asdict(cfg))}
     print(describe_machine(report["machine"]), flush=True)
     try:

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from common.choices import DEMO_TASKS
 from core.errors import UserError, run_cli
-from data.choices import DEMO_TASKS
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import data
+from common.choices import display_name
 from core.cli import cam_count, positive_int
 from core.errors import UserError, run_cli
-from models import display_name
 
 if TYPE_CHECKING:
     import numpy as np
+
+    import data
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.evaluate import EvalSettings, write_split
     from core.hardware import make_runtime, pick_device
     from core.runs import pick_run, write_json
+    import data
 
     specs = [pick_run(p) for p in args.model_path]  # 'latest' or a folder of runs -> one run, said once
     cv_dir = cv.cv_folder(specs[0]) if len(specs) == 1 else None
@@ -200,6 +202,7 @@ def evaluate_folds(cv_dir: Path, args: argparse.Namespace, argv: list[str]) -> i
 def cam_grid(members: list, split: data.Split, probs: np.ndarray, count: int, cache_dir: Path | None,
              out: Path) -> None:
     """Grad-CAM of a single model (an ensemble has no single map to show)."""
+    import data
     from core.gradcam import save_cam_grid
 
     if len(members) > 1:

@@ -11,12 +11,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import data
+from common.choices import ARCHITECTURES, LAYOUTS, SPLIT_METHODS, display_name
 from core.cli import model_name
 from core.config import (AUGMENT_POLICIES, COMPILE_MODES, DEFAULT_LR, DEFAULT_WD, REFERENCE_BATCH, RESUME_OVERRIDES,
                          TrainConfig, check_config)
 from core.errors import run_cli
-from models import ARCHITECTURES, display_name
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,9 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="warm-up length for cosine (default 1)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
     p.add_argument("--data", default="new_dataset", help="data root (default new_dataset/)")
-    p.add_argument("--layout", default="auto", choices=("auto", *data.LAYOUTS),
+    p.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS),
                    help="data layout (default: detected)")
-    p.add_argument("--split", default="patient", choices=data.SPLIT_METHODS,
+    p.add_argument("--split", default="patient", choices=SPLIT_METHODS,
                    help="how to split train/valid when the layout has no valid list (default patient)")
     p.add_argument("--folds", type=int, default=0, metavar="K",
                    help="k-fold cross-validation: pool train+valid into K folds (by patient where known), "
@@ -126,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.hardware import pick_device
     from core.runs import pick_run
     from core.trainer import Resume, check_writable, fit
+    import data
 
     # A CV run (--folds K) resumes as a whole, also when one of its folds is named.
     run = pick_run(args.resume, Path(args.out)) if args.resume else None  # 'latest' -> a run folder, said once

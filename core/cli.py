@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from models import canonical_name
+from common.choices import canonical_name
 
 
 def model_name(text: str) -> str:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.choices import AUGMENT_POLICIES
 from core.errors import UserError
-from data.choices import AUGMENT_POLICIES
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")

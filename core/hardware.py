@@ -31,14 +31,26 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def enable_fast_kernels(device: torch.device) -> None:
+    """On CUDA, switch on cuDNN autotuning and TF32 for the whole process; elsewhere do nothing.
+
+    For training and benchmarks only: both trade bit-exact repeatability for speed, so eval.py and
+    predict.py leave them as PyTorch set them and give the same outputs for a checkpoint on a device.
+    """
+    if device.type != "cuda":
+        return
+    # fixed input sizes: let cuDNN pick the fastest kernels (by timing them: not with --deterministic)
+    torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def make_runtime(device: torch.device, amp: bool | None, channels_last: bool | None) -> Runtime:
-    """AMP and channels_last default to on for CUDA, off elsewhere; bf16 where supported, else fp16."""
+    """AMP and channels_last default to on for CUDA, off elsewhere; bf16 where supported, else fp16.
+
+    Changes no process-wide setting (see enable_fast_kernels).
+    """
     cuda = device.type == "cuda"
-    if cuda:
-        # fixed input sizes: let cuDNN pick the fastest kernels (by timing them: not with --deterministic)
-        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     amp_dtype = None
     if amp if amp is not None else cuda:
         if cuda:

@@ -10,8 +10,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from common.choices import ARCHITECTURES
 from core.errors import UserError
-from models import ARCHITECTURES
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
 

@@ -24,7 +24,7 @@ from core.config import TrainConfig
 from core.ema import ModelEMA
 from core.phases import Phases
 from core.errors import UserError
-from core.hardware import make_runtime, out_of_memory_message
+from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
 from core.pretrained import load_pretrained
 from core.runs import link_latest, write_history, write_json
 from core.signals import StopSignal
@@ -233,6 +233,7 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
     """
     torch.manual_seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed)
+    enable_fast_kernels(device)  # training only: eval.py and predict.py keep PyTorch's defaults
     rt = make_runtime(device, cfg.amp, cfg.channels_last)
     prep = preprocess_from_checkpoint(resume.ckpt, resume.run_dir / "last.pt") if resume else prepare(source, cfg, dist)
     train_set, valid_set = open_datasets(source, prep, cfg, dist)

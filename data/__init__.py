@@ -9,37 +9,26 @@
 One module per concern: ``sources`` (Split, DataSource, CSV reading), one module per layout
 family (``cells``: lab + Kaggle C-NMC; ``retina``; ``generic``: CSV and folders), ``preprocess``
 (decoding, cell crop, fundus disk), ``statistics``, ``cache``, ``loader`` (sampling, class
-weights), ``augment``. Import the public names from here.
+weights), ``augment``. Import the public names from here; ``common.choices`` holds the names --help shows.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+# Plain imports: importing data loads torch. What --help needs (LAYOUTS, SPLIT_METHODS, ...) lives in
+# common.choices, which imports nothing, because this file runs before any module of data.
+from common.choices import AUGMENT_POLICIES, LAYOUTS, SPLIT_METHODS
+from data.augment import COLOUR_JITTER, BatchTransform, Jitter, default_augment, sampling_grid
+from data.cache import ImageDataset, build_cache
+from data.cells import LEUKEMIA_CLASSES
+from data.layouts import open_data
+from data.loader import CLASS_WEIGHTINGS, BatchLoader, Sampling, ShardedBatchSampler, class_weights, make_loader
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_MODES, Preprocess, fundus_box, load_image
+from data.retina import RETINOPATHY_CLASSES
+from data.sources import IMAGE_EXTENSIONS, LAYOUT_NEEDS, UNLABELLED, DataError, DataSource, Split
+from data.statistics import fit_preprocess, pixel_stats
 
-# name -> module. Loaded on first use, so that a script's --help does not wait for torch.
-_EXPORTS = {
-    "augment": ("BatchTransform", "COLOUR_JITTER", "Jitter", "default_augment", "sampling_grid"),
-    "cache": ("ImageDataset", "build_cache"),
-    "cells": ("LEUKEMIA_CLASSES",),
-    "choices": ("AUGMENT_POLICIES", "LAYOUTS", "SPLIT_METHODS"),
-    "layouts": ("open_data",),
-    "loader": ("BatchLoader", "CLASS_WEIGHTINGS", "Sampling", "ShardedBatchSampler", "class_weights", "make_loader"),
-    "preprocess": ("IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESS_MODES", "Preprocess", "fundus_box", "load_image"),
-    "retina": ("RETINOPATHY_CLASSES",),
-    "sources": ("IMAGE_EXTENSIONS", "LAYOUT_NEEDS", "UNLABELLED", "DataError", "DataSource", "Split"),
-    "statistics": ("fit_preprocess", "pixel_stats"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"data.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = ["AUGMENT_POLICIES", "BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER", "DataError",
+           "DataSource", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageDataset", "Jitter", "LAYOUTS",
+           "LAYOUT_NEEDS", "LEUKEMIA_CLASSES", "PREPROCESS_MODES", "Preprocess", "RETINOPATHY_CLASSES",
+           "SPLIT_METHODS", "Sampling", "ShardedBatchSampler", "Split", "UNLABELLED", "build_cache", "class_weights",
+           "default_augment", "fit_preprocess", "fundus_box", "load_image", "make_loader", "open_data", "pixel_stats",
+           "sampling_grid"]

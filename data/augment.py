@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from data.choices import AUGMENT_POLICIES
+from common.choices import AUGMENT_POLICIES
 from data.preprocess import Preprocess
 
 # AUGMENT_POLICIES, what may change an image without changing its class: "rotate" (no "up": cells,

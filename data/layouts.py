@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.choices import LAYOUTS, SPLIT_METHODS
 from data.cells import kaggle_base, open_kaggle, open_lab
-from data.choices import LAYOUTS, SPLIT_METHODS
 from data.generic import find_label_csv, open_csv, open_folders
 from data.retina import open_retina_kaggle, open_retina_lab
 from data.sources import LAYOUT_NEEDS, DataError, DataSource, class_folders

@@ -13,7 +13,7 @@ from models import MODELS, build_model, canonical_name, display_name
 
 
 @dataclass(frozen=True)
-class Config:
+class CountConfig:
     image_size: int
     num_classes: int
     models: tuple[str, ...]
@@ -42,7 +42,7 @@ def count_model(name: str, image_size: int, num_classes: int) -> tuple[int, int]
     return params, counter.get_total_flops()
 
 
-def format_table(rows: list[tuple[str, int, int]], image_size: int) -> str:
+def format_counts(rows: list[tuple[str, int, int]], image_size: int) -> str:
     """Rows of (name, parameters, FLOPs) as a text table with a header that says what is counted."""
     lines = [
         f"Forward pass of one {image_size}x{image_size} image, counted by torch.utils.flop_counter.FlopCounterMode,",
@@ -66,10 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = tuple(canonical_name(n) for n in args.models)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    config = Config(image_size=args.image_size, num_classes=args.num_classes, models=names)
+    config = CountConfig(image_size=args.image_size, num_classes=args.num_classes, models=names)
 
     rows = [(name, *count_model(name, config.image_size, config.num_classes)) for name in config.models]
-    print(format_table(rows, config.image_size))
+    print(format_counts(rows, config.image_size))
     return 0
 
 

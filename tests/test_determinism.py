@@ -20,7 +20,7 @@ from conftest import ROOT
 from core import engine
 from core.determinism import deterministic_errors, make_deterministic
 from core.errors import UserError, run_cli
-from core.hardware import make_runtime
+from core.hardware import enable_fast_kernels
 
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "1", "--workers", "0", "--seed", "4"]
 NO_DETERMINISTIC = ("adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, but you set "
@@ -57,9 +57,9 @@ def test_without_the_flag_nothing_changes(restore_torch_flags) -> None:
     assert not torch.are_deterministic_algorithms_enabled()
 
 
-def test_the_runtime_does_not_switch_autotuning_back_on(restore_torch_flags) -> None:
+def test_fast_kernels_do_not_switch_autotuning_back_on(restore_torch_flags) -> None:
     make_deterministic(True)
-    make_runtime(torch.device("cuda"), amp=False, channels_last=False)  # sets cuDNN flags, touches no GPU
+    enable_fast_kernels(torch.device("cuda"))  # sets cuDNN flags, touches no GPU
     assert not torch.backends.cudnn.benchmark
 
 

@@ -116,7 +116,7 @@ def benchmark_models(names: Sequence[str], image_size: int, batch_size: int, dev
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_model_speeds(rows: list[dict[str, Any]]) -> str:
     """The rows as a text table: architecture, both throughputs and their ratio."""
     lines = [f"{'architecture':<12} {'ours img/s':>11} {'torchvision img/s':>18} {'ratio':>6}"]
     for row in rows:
@@ -126,7 +126,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 @dataclass(frozen=True)
-class Config:
+class ModelSpeedConfig:
     models: tuple[str, ...]
     image_size: int
     batch_size: int
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("image_size", "batch_size", "steps", "repeats", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    config = Config(names, args.image_size, args.batch_size, str(device), args.steps, args.warmup,
+    config = ModelSpeedConfig(names, args.image_size, args.batch_size, str(device), args.steps, args.warmup,
                     args.repeats, args.channels_last, args.amp, args.threads, args.json)
 
     if config.threads is not None:
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"training step, {config.image_size} px, batch {config.batch_size}, {config.device}, "
           f"{torch.get_num_threads()} threads, channels_last={config.channels_last}, amp={config.amp}, "
           f"median of {config.repeats} alternating runs of {config.steps} steps")
-    print(format_table(rows))
+    print(format_model_speeds(rows))
     if config.json is not None:
         config.json.parent.mkdir(parents=True, exist_ok=True)
         setup = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}

@@ -165,7 +165,7 @@ def benchmark_pipeline(num_images: int = 600, image_size: int = 224, batch_size:
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def format_pipeline_speeds(rows: list[dict]) -> str:
     """A plain-text table: one line per row, blanks where a row has no such measurement."""
     def cell(row: dict, key: str, width: int, unit: str = "") -> str:
         return f"{row[key]}{unit}".rjust(width) if key in row else " " * width
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("need --num-images >= --batch-size >= 1, --epochs >= 1 and --threads >= 1")
     rows = benchmark_pipeline(args.num_images, args.image_size, args.batch_size, args.epochs,
                               seeds_images=args.seeds_images, threads=args.threads, work_dir=args.work_dir)
-    print(format_table(rows))
+    print(format_pipeline_speeds(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         machine = {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__}

@@ -14,10 +14,8 @@ import torch
 import torchvision
 
 from core.bench.lab import benchmark_lab, format_lab
-from core.bench.models import benchmark_models
-from core.bench.models import format_table as format_models
-from core.bench.pipeline import benchmark_pipeline
-from core.bench.pipeline import format_table as format_pipeline
+from core.bench.models import benchmark_models, format_model_speeds
+from core.bench.pipeline import benchmark_pipeline, format_pipeline_speeds
 from core.bench.train import (LAB_TEST_IMAGES, LAB_TRAIN_IMAGES, BenchData, benchmark_predict, benchmark_training,
                               open_bench_data, write_demo_data)
 from core.config import TrainConfig
@@ -127,7 +125,7 @@ def run_models(sizes: Sizes, rt: Runtime) -> dict[str, Any]:
           f"{sizes.model_steps} step(s)", flush=True)
     rows = benchmark_models(sizes.models, sizes.image_size, sizes.model_batch_size, rt.device, sizes.model_steps,
                             sizes.model_warmup, rt.channels_last, amp, sizes.repeats)
-    print(format_models(rows), flush=True)
+    print(format_model_speeds(rows), flush=True)
     return {"settings": settings, "rows": rows}
 
 
@@ -136,7 +134,7 @@ def run_pipeline(sizes: Sizes, threads: int | None, work_dir: Path | None) -> di
           f"batch {sizes.pipeline_batch_size}", flush=True)
     rows = benchmark_pipeline(sizes.pipeline_images, sizes.image_size, sizes.pipeline_batch_size, sizes.pipeline_epochs,
                               sizes.seeds_workers, sizes.seeds_images, threads, work_dir)
-    print(format_pipeline(rows), flush=True)
+    print(format_pipeline_speeds(rows), flush=True)
     return {"rows": rows}
 
 

@@ -171,7 +171,7 @@ class Trainer:
         return time.perf_counter() - start
 
 
-def make_model(arch: str, num_classes: int, rt: engine.Runtime,
+def build_on_device(arch: str, num_classes: int, rt: engine.Runtime,
                compile: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the model to run, the raw module) on the device, in the Runtime's memory format."""
     memory_format = torch.channels_last if rt.channels_last else torch.preserve_format
@@ -182,7 +182,7 @@ def make_model(arch: str, num_classes: int, rt: engine.Runtime,
 def make_trainer(arch: str, bench: BenchData, rt: engine.Runtime, batch_size: int, workers: int,
                  compile: bool, total_epochs: int) -> Trainer:
     """train.fit's objects with its defaults (AdamW, cosine schedule, label smoothing 0.1)."""
-    model, raw = make_model(arch, bench.num_classes, rt, compile)
+    model, raw = build_on_device(arch, bench.num_classes, rt, compile)
     cuda = rt.device.type == "cuda"
     loader = data.make_loader(bench.train_set, batch_size, data.Sampling(shuffle=True, drop_last=True),
                               workers=workers, pin_memory=cuda)
@@ -243,7 +243,7 @@ def benchmark_predict(arch: str, bench: BenchData, rt: engine.Runtime, batch_siz
                       workers: int, compile: bool = False) -> dict[str, Any]:
     """engine.predict images/s over the valid split (median of ``passes`` after one warm-up pass)."""
     torch.manual_seed(0)
-    model, _ = make_model(arch, bench.num_classes, rt, compile)
+    model, _ = build_on_device(arch, bench.num_classes, rt, compile)
     loader = data.make_loader(bench.valid_set, batch_size, workers=workers, pin_memory=rt.device.type == "cuda")
     transform = data.BatchTransform(bench.prep, train=False).to(rt.device)
     engine.predict(model, loader, transform, rt, show=False)

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from common.choices import DEMO_TASKS
 from core.errors import UserError
 from core.progress import progress
-from data.choices import DEMO_TASKS
 from data.demo.cells import render_cell, sample_cell
 from data.demo.fundus import render_fundus, sample_fundus
 
@@ -136,7 +136,7 @@ def prepare_out(out: Path, recorded: dict, force: bool) -> bool:
     if previous == recorded and complete and not force:
         return False
     if complete and not force:
-        raise UserError(f"{out} holds a demo set made with other settings ({describe(previous)}); "
+        raise UserError(f"{out} holds a demo set made with other settings ({describe_settings(previous)}); "
                         f"add --force to replace it")
     for name in GENERATED:  # an interrupted run (complete: false) is ours to clean without --force
         path = out / name
@@ -147,7 +147,7 @@ def prepare_out(out: Path, recorded: dict, force: bool) -> bool:
     return True
 
 
-def describe(recorded: dict) -> str:
+def describe_settings(recorded: dict) -> str:
     """Recorded settings in words, for messages."""
     keys = ("task", "seed", "image_size", "train", "valid", "test", "generator_version")
     return ", ".join(f"{k} {recorded[k]}" for k in keys if k in recorded)
