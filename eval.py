@@ -104,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = first.config
     source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
                             config.get("split", "patient"), seed=config.get("seed", 0))
+    if not cv_dir:  # the run's own train/valid lists (splits.csv), not a split re-made from the data as it is now
+        restored = data.restore_splits(source, first.path.parent, [m.path.parent for m in members[1:]])
+        source = restored.source
+        if restored.note:
+            print(f"data: {restored.note}")
     source = cv.fold_view(first.path, source) if len(members) == 1 else source  # a fold model: its own fold
     if len(source.classes) != len(classes):
         raise CheckpointError(f"{first.path} predicts {len(classes)} classes ({', '.join(classes)}) but the data "
@@ -125,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cv_dir:  # train and valid are pooled into the folds: every image there trained K-1 of the models
         splits = [s for s in splits if s.name not in ("train", "valid")]
         if not splits:
-            raise UserError(f"{source.root} has no test list to ensemble the folds on; the valid scores of each "
-                            f"fold are in {cv_dir / 'cv_summary.csv'} (or use --folds-separately)")
+            raise UserError(f"{source.root} has no test list to ensemble the folds on; the out-of-fold scores are "
+                            f"in {cv_dir / 'oof_metrics.json'}, each fold's in {cv_dir / 'cv_summary.csv'} "
+                            f"(or use --folds-separately)")
     if not cv_dir:
         splits = with_valid(splits, source, out, bool(args.calibrate or rule))
     predicted = {s.name: predict_split(members, s, options, rt) for s in splits}

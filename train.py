@@ -82,6 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="storage", help="where run folders go (default storage/)")
     p.add_argument("--name", help="run folder name (default <Model>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue a run: its folder, a checkpoint, or 'latest'")
+    p.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume: continue although the data changed since the run started (its saved "
+                        "train/valid lists are kept; added images stay unused); without it such a resume stops")
     p.add_argument("--save-every", type=int, default=0, metavar="N",
                    help="also write last.pt every N steps (default: at each epoch's end)")
     p.add_argument("--save-minutes", type=float, default=10.0, metavar="M",
@@ -150,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_main:
             check_writable(Path(cfg.out))
         source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
+        if ckpt:  # the run's own train/valid lists (splits.csv), not a split re-made from the data as it is now
+            source = data.splits_for_resume(source, run_folder(resume), args.accept_data_change).source
         if dist.is_main:
             print(f"data: {source.root} ({source.layout} layout, {len(source.splits['train'])} train / "
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"

@@ -1,9 +1,13 @@
-"""Percentile-bootstrap 95% intervals, resampling patients (clusters) or images, vectorised.
+"""Percentile-bootstrap 95% intervals, resampling patients (clusters) or images, class-stratified, vectorised.
 
 Every resample is a row of draw counts: ``counts[b, k]`` = how often cluster k was drawn in
-resample b. Each metric is then computed for all resamples at once from weighted confusion
-matrices (accuracy, F1, recall, kappa) or weighted rank sums (ROC-AUC); nothing loops per
-resample but the chunking that bounds memory.
+resample b. Clusters are drawn within their class (a patient's class is the highest label among
+their images), as many as the class has, so every class of the data is in every resample and a
+metric such as macro recall is never scored on a resample that lost a class. A resample where a
+class is still missing (possible only when a patient's images carry different labels) or where
+any metric is undefined is dropped for every metric alike. Each metric is then computed for all
+resamples at once from weighted confusion matrices (accuracy, F1, recall, kappa) or weighted rank
+sums (ROC-AUC); nothing loops per resample but the chunking that bounds memory.
 """
 from __future__ import annotations
 
@@ -41,10 +45,11 @@ def accuracy(cm: np.ndarray) -> np.ndarray:
 
 
 def macro_recall(cm: np.ndarray) -> np.ndarray:
-    """Mean per-class recall; a class absent from a resample counts 0 (scikit-learn's zero_division=0)."""
+    """Mean recall over the classes present in each resample (as core.metrics scores the point estimate)."""
     support = cm.sum(axis=2)
     tp = np.diagonal(cm, axis1=1, axis2=2)
-    return np.divide(tp, support, out=np.zeros_like(tp), where=support > 0).mean(axis=1)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    return recall.sum(axis=1) / np.maximum((support > 0).sum(axis=1), 1)
 
 
 def weighted_f1(cm: np.ndarray) -> np.ndarray:
@@ -83,36 +88,49 @@ def roc_auc(weights: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> np.n
     return np.divide(wins, pairs, out=np.full(len(weights), np.nan), where=pairs > 0)
 
 
-def draw_weights(plan: BootstrapPlan, n: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """``size`` x N image weights: how often each image enters each resample."""
-    clusters = plan.clusters if plan.clusters is not None else np.arange(n)
+def draw_weights(plan: BootstrapPlan, labels: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """``size`` x N image weights: how often each image enters each resample (clusters drawn within their class)."""
+    clusters = plan.clusters if plan.clusters is not None else np.arange(len(labels))
     ids, cluster_of_image = np.unique(clusters, return_inverse=True)
     k = len(ids)
-    drawn = rng.integers(0, k, size=(size, k), dtype=np.int64)
+    stratum = np.zeros(k, np.int64)
+    np.maximum.at(stratum, cluster_of_image, labels)  # a patient's class: their highest label
+    order = np.argsort(stratum, kind="stable")  # the clusters class by class: each class one contiguous range
+    position = np.empty(k, np.int64)
+    position[order] = np.arange(k)
+    drawn = np.empty((size, k), np.int64)
+    start = 0
+    for n in np.bincount(stratum)[np.unique(stratum)]:
+        drawn[:, start:start + n] = start + rng.integers(0, n, size=(size, n))
+        start += n
     drawn += k * np.arange(size)[:, None]
     counts = np.bincount(drawn.ravel(), minlength=size * k).reshape(size, k).astype(np.float32)
-    return counts if plan.clusters is None else counts[:, cluster_of_image]
+    return counts[:, position[cluster_of_image]]
 
 
 def bootstrap_ci(plan: BootstrapPlan, labels: np.ndarray, probs: np.ndarray, preds: np.ndarray,
                  metrics: dict[str, BatchMetric]) -> dict[str, tuple[float, float]]:
     """95% percentile intervals of each metric; ``metrics[name](weights, cm, labels, scores)`` -> B values.
 
-    Resamples where a metric is undefined (NaN, e.g. AUC with one class drawn) are left out.
+    A resample that misses a class of the data, or where any metric is undefined (NaN), is left out of
+    every interval, so all intervals come from the same resamples.
     """
     rng = np.random.default_rng(plan.seed)
     values: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
     scores = probs[:, 1] if probs.shape[1] == 2 else probs.max(axis=1)
+    classes = np.unique(labels)
     chunk = max(1, BLOCK // len(labels))
     for start in range(0, plan.resamples, chunk):
-        weights = draw_weights(plan, len(labels), rng, min(chunk, plan.resamples - start))
+        weights = draw_weights(plan, labels, rng, min(chunk, plan.resamples - start))
         cm = confusions(weights, labels, preds, probs.shape[1]).astype(np.float64)
-        for name, fn in metrics.items():
-            values[name].append(fn(weights, cm, labels, scores))
+        whole = (cm.sum(axis=2)[:, classes] > 0).all(axis=1)
+        chunk_values = {name: fn(weights, cm, labels, scores) for name, fn in metrics.items()}
+        keep = whole & np.logical_and.reduce([np.isfinite(v) for v in chunk_values.values()])
+        for name, v in chunk_values.items():
+            values[name].append(v[keep])
     out = {}
     for name, chunks in values.items():
         v = np.concatenate(chunks)
-        v = v[np.isfinite(v)]
         out[name] = (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else (np.nan, np.nan)
     return out
 
@@ -132,16 +150,13 @@ def standard_metrics(num_classes: int) -> dict[str, BatchMetric]:
 
 
 def with_intervals(point: dict[str, float | None], intervals: dict[str, tuple[float, float]]) -> dict[str, dict]:
-    """{"value": x, "ci95": [lo, hi]} per metric; the interval is widened to reach x if it misses it.
+    """{"value": x, "ci95": [lo, hi]} per metric, the percentile interval as it is.
 
-    A percentile interval can miss the point estimate when the bootstrap distribution is very skewed
-    (a handful of images or patients); we report the smallest interval holding both.
+    With a handful of images or patients the bootstrap distribution can be skewed enough that the
+    interval misses the point estimate; it is reported unchanged, since widening it would hide that.
     """
     out = {}
     for name, value in point.items():
         lo, hi = intervals.get(name, (np.nan, np.nan))
-        if value is None or not np.isfinite(lo):
-            out[name] = {"value": value, "ci95": None}
-        else:
-            out[name] = {"value": value, "ci95": [min(lo, value), max(hi, value)]}
+        out[name] = {"value": value, "ci95": None if value is None or not np.isfinite(lo) else [lo, hi]}
     return out

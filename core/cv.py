@@ -4,7 +4,8 @@
     <run>/config.json      as for a plain run, so plots and reports read it alike
     <run>/folds.csv        path,id,label,patient,fold: the assignment a resume and eval.py reuse exactly
     <run>/fold_<k>/        a plain run folder (config, history, best.pt, last.pt) + finished.json when done
-    <run>/cv_summary.csv   each fold's best valid metrics, their mean and std (and .json)
+    <run>/cv_summary.csv   each fold's best and last valid metrics, their mean and std (and .json)
+    <run>/oof_probs.csv    out-of-fold predictions, every pooled image once, and oof_metrics.json: the headline
 
 A killed CV run resumes with the unfinished fold (from its last.pt); finished folds are not retrained.
 """
@@ -27,9 +28,11 @@ from core.checkpoint import CheckpointError, load_checkpoint
 from core.config import TrainConfig, check_config
 from core.cvsummary import FOLD_DIR, format_table, write_summary
 from core.errors import UserError
+from core.oof import write_oof
 from core.runs import is_cv_run, link_latest, pick_run, read_config, write_json, write_text_atomic
 from core.trainer import Resume, fit, new_run_dir
 from data.folds import assign_folds, describe_folds, fold_source, pooled, read_folds
+from data.patients import find_patients
 from models import display_name
 
 CV_FILE = "cv.json"
@@ -77,13 +80,16 @@ def run_cv(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.d
                                             **asdict(replace(cfg, models=(arch,))), "command": command})
         link_latest(Path(cfg.out), cv_dir)
         print(f"{cfg.folds}-fold cross-validation of {display_name(arch)} in {cv_dir}: {cv_info['how']}")
+        if (warning := find_patients(table["path"]).warning) is not None:
+            print(f"warning: {warning}")
     for fold in range(cfg.folds):
         run_fold(arch, cfg, fold_source(source, table, fold), cv_dir / f"fold_{fold}", (device, dist))
     if dist.is_main:
         summary = write_summary(cv_dir, cfg.folds)
-        print(f"\n{display_name(arch)} {cfg.folds}-fold cross-validation (best valid epoch of each fold):\n"
-              f"{format_table(summary)}\n  -> {cv_dir / 'cv_summary.csv'}\n"
-              f"  ensemble the folds on the test lists: python eval.py -m {cv_dir}")
+        print(f"\n{display_name(arch)} {cfg.folds}-fold cross-validation (each fold's best valid epoch, chosen on "
+              f"that fold, and its last):\n{format_table(summary)}\n  -> {cv_dir / 'cv_summary.csv'}")
+        write_oof(cv_dir, source, table, device, Path(cfg.out) / "cache" if cfg.cache else None)
+        print(f"  ensemble the folds on the test lists: python eval.py -m {cv_dir}")
     return cv_dir
 
 

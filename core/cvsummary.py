@@ -1,12 +1,16 @@
-"""The numbers of a cross-validation run: each fold's best valid epoch, their mean and standard deviation.
+"""The numbers of a cross-validation run: each fold's best and last valid epoch, their mean and standard deviation.
 
-    cv_summary.csv   fold,best_epoch,epochs,valid_acc,valid_loss,train_acc,train_loss  (rows 0..K-1, mean, std)
+    cv_summary.csv   fold,best_epoch,epochs,valid_acc,valid_loss,train_acc,train_loss,last_valid_acc,last_valid_loss
+                     (rows 0..K-1, mean, std; valid_* at the best epoch, last_valid_* at the final one)
     cv_summary.json  {"folds": [...], "mean": {...}, "std": {...}, "k": K, "finished": n}
 
+The best epoch of a fold is chosen on that same fold, so its scores are optimistic; the last epoch's
+are not, and the run's headline is the out-of-fold metrics (core/oof.py, oof_metrics.json).
 The standard deviation is the sample one (ddof=1), the spread a paper reports over folds.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,8 +18,12 @@ import pandas as pd
 
 from core.runs import HISTORY_COLUMNS, read_history, write_json, write_text_atomic
 
-METRICS = ("valid_acc", "valid_loss", "train_acc", "train_loss")
+BEST_METRICS = ("valid_acc", "valid_loss", "train_acc", "train_loss")
+LAST_METRICS = ("last_valid_acc", "last_valid_loss")
+METRICS = (*BEST_METRICS, *LAST_METRICS)
 FOLD_DIR = re.compile(r"fold_(\d+)")
+OOF_FILE = "oof_probs.csv"  # written by core.oof
+OOF_METRICS = "oof_metrics.json"
 
 
 def fold_dirs(cv_dir: Path) -> list[Path]:
@@ -25,7 +33,7 @@ def fold_dirs(cv_dir: Path) -> list[Path]:
 
 
 def fold_rows(cv_dir: Path) -> pd.DataFrame:
-    """One row per fold with a finished epoch: the metrics of its best valid-accuracy epoch."""
+    """One row per fold with a finished epoch: the metrics of its best valid-accuracy epoch and of its last."""
     rows = []
     for folder in fold_dirs(cv_dir):
         if not (folder / "history.csv").is_file():
@@ -35,7 +43,8 @@ def fold_rows(cv_dir: Path) -> pd.DataFrame:
             continue
         best = h["valid_acc"].idxmax()  # the first of equal bests, as best.pt keeps it
         rows.append({"fold": int(folder.name.removeprefix("fold_")), "best_epoch": int(h["epoch"][best]),
-                     "epochs": len(h), **{m: float(h[m][best]) for m in METRICS}})
+                     "epochs": len(h), **{m: float(h[m][best]) for m in BEST_METRICS},
+                     **{m: float(h[m.removeprefix("last_")].iloc[-1]) for m in LAST_METRICS}})
     return pd.DataFrame(rows, columns=["fold", "best_epoch", "epochs", *METRICS])
 
 
@@ -70,8 +79,24 @@ def format_table(table: pd.DataFrame) -> str:
 
 def report_table(cv_dir: Path) -> tuple[list[str], list[list[str]]]:
     """The summary as (headers, rows of text) for the report, from the folds' histories."""
-    headers = ["Fold", "Best epoch", "Epochs", "Valid acc", "Valid loss", "Train acc", "Train loss"]
-    return headers, [[c or "-" for c in row] for row in _text_rows(summarise(fold_rows(cv_dir)))]
+    headers = ["Fold", "Best epoch", "Epochs", "Valid acc (best)", "Valid loss (best)", "Train acc", "Train loss",
+               "Valid acc (last)", "Valid loss (last)"]
+    rows = [[c or "-" for c in row] for row in _text_rows(summarise(fold_rows(cv_dir)))]
+    oof = read_oof_metrics(cv_dir)
+    if oof is not None and isinstance(oof.get("accuracy"), dict):  # the headline: every image once, out of fold
+        value, ci = oof["accuracy"].get("value"), oof["accuracy"].get("ci95")
+        cell = f"{value:.2%}" + (f" [{ci[0] * 100:.2f}, {ci[1] * 100:.2f}]" if ci else "")
+        rows.insert(0, ["out-of-fold", "-", "last", "-", "-", "-", "-", cell, "-"])
+    return headers, rows
+
+
+def read_oof_metrics(cv_dir: Path) -> dict | None:
+    """oof_metrics.json of a CV run, or None (unfinished, or from before out-of-fold metrics were written)."""
+    try:
+        found = json.loads((cv_dir / OOF_METRICS).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _text_rows(table: pd.DataFrame) -> list[list[str]]:

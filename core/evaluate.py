@@ -4,10 +4,10 @@ Metrics JSON (``<split>_metrics.json``): ``accuracy``, ``weighted_f1``, ``macro_
 ``roc_auc`` (two classes) or ``quadratic_kappa`` (grades) are each ``{"value": x, "ci95": [lo, hi]}``
 (``ci95`` is null with ``--bootstrap 0`` or where undefined); ``bootstrap`` says how many resamples
 of which unit (``patients`` or ``images``); ``patients`` holds the same metrics per patient where
-file names carry patient ids; ``operating_point`` (two classes: ``threshold``, ``positive_class``,
-sensitivity, ...) and ``calibration`` as named; ``evaluated`` (core.fitted.provenance): the
-checkpoints (path, epoch, digest), the TTA used (null: off; ``flips+rot90``, ``none``), the
-temperature applied, the split and its data fingerprint.
+file names carry patient ids (``rule``: how a patient's label and prediction are made, core/patients.py);
+``operating_point`` (two classes: ``threshold``, ``positive_class``, sensitivity, ...) and ``calibration``
+as named; ``evaluated`` (core.fitted.provenance): the checkpoints (path, epoch, digest), the TTA used
+(null: off; ``flips+rot90``, ``none``), the temperature applied, the split and its data fingerprint.
 """
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ from core import calibration, threshold
 from core.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
 from core.evalfigures import save_curves_png, save_reliability_png
 from core.metrics import classification_metrics, confusion, save_confusion_png
-from core.patients import mean_probs, patient_table
+from core.patients import MEAN_PROBABILITY, mean_probs, patient_predictions, patient_rule, patient_table
 from core.runs import write_json, write_text_atomic
 from core.threshold import DEFAULT_POSITIVE
 from data import Split
-from data.patients import patient_ids
+from data.patients import split_patients
 
 INTERVAL_METRICS = ("accuracy", "weighted_f1", "macro_recall", "roc_auc", "quadratic_kappa")
+SELECTED_ON_VALID = ("the epoch (best.pt), and any threshold or temperature, were chosen on valid: its intervals "
+                     "are optimistic; a labelled test split gives the unbiased ones")
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,16 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
         print(f"{split.name}: Kaggle submission ({len(preds)} rows) -> {submission}")
     if split.labels is None:
         return None
-    patients = patient_ids(split.paths)
+    found = split_patients(split)
+    if found.warning:
+        print(f"{split.name}: warning: {found.warning}")
+    patients = found.ids
     m = scored(labels, probs, preds, s, patients)
     if patients is not None:
-        m["patients"] = patient_metrics(split.name, patients, labels, probs, preds, s)
+        m["patients"] = patient_metrics(split.name, patients, patient_rule(found.pattern), (labels, probs, preds), s)
+    if split.name == "valid":
+        for entry in (m, m.get("patients", {})):
+            entry.get("bootstrap", {})["note"] = SELECTED_ON_VALID
     counts, normalised = confusion(labels, preds, len(s.classes))
     m["confusion"], m["confusion_normalised"] = counts.tolist(), normalised.round(4).tolist()
     frame = pd.DataFrame(counts, index=[f"true {c}" for c in s.classes], columns=[f"pred {c}" for c in s.classes])
@@ -98,17 +106,21 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
     return m
 
 
-def patient_metrics(split_name: str, patients: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                    preds: np.ndarray, s: EvalSettings) -> dict[str, Any]:
-    """``<split>_patients.csv`` and the metrics of the patient-level predictions (mean probability)."""
-    table = patient_table(patients, labels, probs, preds, s.classes)
+def patient_metrics(split_name: str, patients: np.ndarray, rule: str,
+                    predicted: tuple[np.ndarray, np.ndarray, np.ndarray], s: EvalSettings) -> dict[str, Any]:
+    """``<split>_patients.csv`` and the metrics of the patient-level predictions by ``rule`` (core.patients);
+    ``predicted`` is the images' (labels, probabilities, predictions)."""
+    table = patient_table(patients, *predicted, s.classes)
     patient_probs = mean_probs(table, s.classes)
-    table.insert(len(table.columns) - 1, "pred", threshold.predictions(patient_probs, s.threshold, s.positive))
+    pred = patient_predictions(table, rule, s.classes, lambda p: threshold.predictions(p, s.threshold, s.positive))
+    table = table.drop(columns="worst_pred")
+    table.insert(len(table.columns) - 1, "pred", pred)
     write_text_atomic(s.out / f"{split_name}_patients.csv", table.to_csv(index=False))
     patient_labels = table["label"].to_numpy()
     each_own = np.arange(len(table))  # one row per patient: resampling rows resamples patients
-    m = scored(patient_labels, patient_probs, table["pred"].to_numpy(), s, each_own)
+    m = scored(patient_labels, patient_probs, pred, s, each_own)
     m["patients"] = m.pop("images")
+    m["rule"] = rule
     return m
 
 
@@ -141,6 +153,8 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
     b = m["bootstrap"]
     how = f"95% intervals: {b['resamples']} bootstrap resamples of {b['unit']}" if b["resamples"] else "no intervals"
     lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m)]
+    if b.get("note"):
+        lines.append(f"  note: {b['note']}")
     op = m.get("operating_point")
     if op:
         show = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
@@ -149,7 +163,8 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
                      f"{show(op['specificity'])}   PPV {show(op['ppv'])}   NPV {show(op['npv'])}")
     lines.append(f"  expected calibration error {m['calibration']['ece']:.4f}")
     if "patients" in m:
-        lines.append(f"  per patient ({m['patients']['patients']} patients): {summary_line(m['patients'])}")
+        p = m["patients"]
+        lines.append(f"  per patient ({p['patients']} patients, {p.get('rule', MEAN_PROBABILITY)}): {summary_line(p)}")
     lines.append(f"  {'class':<16}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}")
     for name, r in m["per_class"].items():
         lines.append(f"  {name:<16}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1-score']:>10.4f}"

@@ -36,7 +36,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
         "images": int(len(labels)),
         "accuracy": float(accuracy_score(labels, preds)),
         "weighted_f1": float(f1_score(labels, preds, labels=ids, average="weighted", zero_division=0)),
-        "macro_recall": float(recall_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+        # over the classes present: an absent class has no recall (it is neither found nor missed)
+        "macro_recall": float(recall_score(labels, preds, labels=sorted(set(labels.tolist())), average="macro",
+                                           zero_division=0)),
         "per_class": {name: {k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")}
                       for name in classes},
     }

@@ -65,7 +65,7 @@ class RunReport:
     learning_rate: Any
     best_acc: float | None
     best_epoch: int | None
-    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, valid first
+    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, test splits first, valid last
     figures: list[tuple[str, Path]]  # (caption, PNG): Grad-CAM grids and non-valid confusion matrices
     train_command: str
     command_rebuilt: bool  # True when config.json had no "command"
@@ -93,7 +93,7 @@ def describe_run(run: Path) -> RunReport:
 
 
 def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
-    """eval.py's <split>_metrics.json files, valid first; UserError naming an unreadable one."""
+    """eval.py's <split>_metrics.json files, valid last; UserError naming an unreadable one."""
     found = {}
     for path in sorted(folder.glob("*_metrics.json")):
         try:
@@ -101,7 +101,7 @@ def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{path}: cannot read the metrics ({exc.__class__.__name__}); "
                             f"run eval.py again to rewrite it") from None
-    return dict(sorted(found.items(), key=lambda item: item[0] != "valid"))
+    return dict(sorted(found.items(), key=lambda item: item[0] == "valid"))  # labelled test splits are the headline
 
 
 def eval_figures(folder: Path) -> list[tuple[str, Path]]:
@@ -215,7 +215,8 @@ def clinical_lines(r: RunReport) -> list[str]:
             parts.append(f"expected calibration error {cal['ece']:.4f}")
         if isinstance(m.get("bootstrap"), dict) and m["bootstrap"].get("resamples"):
             parts.append(f"95% intervals from {m['bootstrap']['resamples']} bootstrap resamples of "
-                         f"{m['bootstrap'].get('unit', 'images')}")
+                         f"{m['bootstrap'].get('unit', 'images')}" + (f" ({m['bootstrap']['note']})"
+                                                                      if m["bootstrap"].get("note") else ""))
         if parts:
             lines.append(f"{split}: " + "; ".join(parts))
     return lines

@@ -26,7 +26,7 @@ from core.phases import Phases
 from core.errors import UserError
 from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
 from core.pretrained import load_pretrained
-from core.runs import link_latest, write_history, write_json
+from core.runs import link_latest, write_history, write_json, write_text_atomic
 from core.signals import StopSignal
 from models import build_model, display_name
 
@@ -270,6 +270,7 @@ def announce(run: Run, source: data.DataSource) -> None:
     """config.json, storage/latest and the run's first line."""
     cfg, rt, dist = run.cfg, run.learner.rt, run.dist
     write_json(run.run_dir / "config.json", run_info(run, source))
+    write_text_atomic(run.run_dir / data.SPLITS_FILE, data.splits_csv(source))  # eval and --resume read it back
     link_latest(Path(cfg.out), run.run_dir)
     print(f"{display_name(run.arch)}: {sum(p.numel() for p in run.raw.parameters()):,} parameters, "
           f"{run.steps} steps/epoch on {rt.device}{' x' + str(dist.world_size) if dist.enabled else ''}"

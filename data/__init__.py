@@ -9,7 +9,8 @@
 One module per concern: ``sources`` (Split, DataSource, CSV reading), one module per layout
 family (``cells``: lab + Kaggle C-NMC; ``retina``; ``generic``: CSV and folders), ``preprocess``
 (decoding, cell crop, fundus disk), ``statistics``, ``cache``, ``loader`` (sampling, class
-weights), ``augment``. Import the public names from here; ``common.choices`` holds the names --help shows.
+weights), ``augment``, ``saved_splits`` (the train/valid lists a run used, read back). Import the
+public names from here; ``common.choices`` holds the names --help shows.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from data.layouts import open_data
 from data.loader import CLASS_WEIGHTINGS, BatchLoader, Sampling, ShardedBatchSampler, class_weights, make_loader
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_MODES, Preprocess, fundus_box, load_image
 from data.retina import RETINOPATHY_CLASSES
+from data.saved_splits import ACCEPT_FLAG, SPLITS_FILE, restore_splits, splits_csv, splits_for_resume
 from data.sources import IMAGE_EXTENSIONS, LAYOUT_NEEDS, UNLABELLED, DataError, DataSource, Split
 from data.statistics import fit_preprocess, pixel_stats
 
-__all__ = ["AUGMENT_POLICIES", "BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER", "DataError",
-           "DataSource", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageDataset", "Jitter", "LAYOUTS",
-           "LAYOUT_NEEDS", "LEUKEMIA_CLASSES", "PREPROCESS_MODES", "Preprocess", "RETINOPATHY_CLASSES",
-           "SPLIT_METHODS", "Sampling", "ShardedBatchSampler", "Split", "UNLABELLED", "build_cache", "class_weights",
-           "default_augment", "fit_preprocess", "fundus_box", "load_image", "make_loader", "open_data", "pixel_stats",
-           "sampling_grid"]
+__all__ = ["ACCEPT_FLAG", "AUGMENT_POLICIES", "BatchLoader", "BatchTransform", "CLASS_WEIGHTINGS", "COLOUR_JITTER",
+           "DataError", "DataSource", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageDataset", "Jitter",
+           "LAYOUTS", "LAYOUT_NEEDS", "LEUKEMIA_CLASSES", "PREPROCESS_MODES", "Preprocess", "RETINOPATHY_CLASSES",
+           "SPLITS_FILE", "SPLIT_METHODS", "Sampling", "ShardedBatchSampler", "Split", "UNLABELLED", "build_cache",
+           "class_weights", "default_augment", "fit_preprocess", "fundus_box", "load_image", "make_loader",
+           "open_data", "pixel_stats", "restore_splits", "sampling_grid", "splits_csv", "splits_for_resume"]

@@ -172,4 +172,7 @@ def _kaggle_prelim(folder: Path, csv: Path) -> Split:
     unlisted = sorted({p.name for p in images_in(folder)} - {p.name for p in paths})
     if unlisted:
         raise DataError(f"{folder / unlisted[0]} is not listed in {csv} ({len(unlisted)} images are not)")
-    return make_split("test", paths, labels, names, str(csv))
+    # Patient_ID holds each cell's original C-NMC name: kept, the test intervals resample patients.
+    patients = next((frame[c].str.strip().tolist() for c in frame.columns if str(c).strip().lower() == "patient_id"),
+                    None)
+    return make_split("test", paths, labels, names, str(csv), patients)

@@ -78,10 +78,16 @@ def _grades(values: Sequence[str], csv: Path, first_line: int) -> list[int]:
     return [int_label(v, csv, line, RETINOPATHY_CLASSES) for line, v in enumerate(values, start=first_line)]
 
 
+def eye_patient(name: str) -> str | None:
+    """The patient of a Kaggle-style retina name (10_left -> "10"); None if the name is not like that."""
+    match = _EYE_NAME.fullmatch(name)
+    return match[1] if match else None
+
+
 def eye_patients(names: Sequence[str]) -> list[str] | None:
     """The patient id of each Kaggle-style name (10_left -> "10"); None if any name is not like that."""
-    matches = [_EYE_NAME.fullmatch(name) for name in names]
-    return [m[1] for m in matches] if all(matches) else None
+    ids = [eye_patient(name) for name in names]
+    return ids if all(i is not None for i in ids) else None
 
 
 def _retina_partition(grades: list[int], patients: list[str] | None, method: str, valid_fraction: float,
@@ -143,7 +149,13 @@ def open_retina_lab(root: Path, method: str, valid_fraction: float, seed: int) -
     paths, grades, names = _read_retina_lab_list(root, "train", index, folders, labelled=True)
     if not names:
         raise DataError(f"split 'train' is empty ({root / 'train_img.csv'} lists no images)")
-    train, valid, how = _retina_partition(grades, eye_patients(names), method, valid_fraction, seed)
+    eyes = [eye_patient(name) for name in names]
+    matched = sum(e is not None for e in eyes)  # names without one: each image its own patient, said in the note
+    patients = [e if e is not None else f"image {n}" for e, n in zip(eyes, names)] if matched else None
+    train, valid, how = _retina_partition(grades, patients, method, valid_fraction, seed)
+    if 0 < matched < len(names):
+        how += (f" (warning: only {matched} of {len(names)} names carry a patient id like 10_left; "
+                f"the other {len(names) - matched} are grouped by image)")
     splits = _retina_splits(paths, grades, names, train, valid, str(root / "train_img.csv"))
     test_img, test_label = root / "test_img.csv", root / "test_label.csv"
     if test_label.is_file() and not test_img.is_file():

@@ -39,6 +39,7 @@ class Split:
     labels: tuple[int, ...] | None  # None for an unlabelled split
     ids: tuple[str, ...]  # as written in the source, e.g. "./new_dataset/test/0.bmp" (Kaggle ID)
     source: str  # where the list came from, for messages
+    patients: tuple[str, ...] | None = None  # per image where the source lists them (Kaggle's Patient_ID)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -105,11 +106,12 @@ def absolute(path: Path) -> Path:
 
 
 def make_split(name: str, paths: Sequence[Path], labels: Sequence[int] | None,
-                ids: Sequence[str], source: str) -> Split:
+                ids: Sequence[str], source: str, patients: Sequence[str] | None = None) -> Split:
     if not paths:
         raise DataError(f"split {name!r} is empty ({source} lists no images)")
     return Split(name, tuple(absolute(p) for p in paths),
-                 None if labels is None else tuple(int(v) for v in labels), tuple(ids), source)
+                 None if labels is None else tuple(int(v) for v in labels), tuple(ids), source,
+                 None if patients is None else tuple(patients))
 
 
 def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:

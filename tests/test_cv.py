@@ -14,7 +14,7 @@ import eval as evaluate
 import plot
 import report
 import train
-from core.cvsummary import METRICS, write_summary
+from core.cvsummary import BEST_METRICS, write_summary
 from core.runs import find_runs, write_history, write_json
 
 K = 3
@@ -87,15 +87,30 @@ def test_latest_points_at_the_cv_run(cv_run: dict) -> None:
     assert (cv_run["out"] / "latest").resolve() == cv_run["dir"].resolve()
 
 
-def test_summary_rows_are_each_folds_best_valid_epoch(cv_run: dict) -> None:
+def test_summary_rows_give_each_folds_best_and_last_valid_epoch(cv_run: dict) -> None:
     table = pd.read_csv(cv_run["dir"] / "cv_summary.csv")
     assert table["fold"].tolist() == [*map(str, range(K)), "mean", "std"]
     for k in range(K):
         history = pd.read_csv(cv_run["dir"] / f"fold_{k}" / "history.csv")
-        best = history.loc[history["valid_acc"].idxmax()]
+        best, last = history.loc[history["valid_acc"].idxmax()], history.iloc[-1]
         row = table.iloc[k]
         assert int(row["best_epoch"]) == best["epoch"]
-        assert np.allclose([row[m] for m in METRICS], [best[m] for m in METRICS])
+        assert np.allclose([row[m] for m in BEST_METRICS], [best[m] for m in BEST_METRICS])
+        assert np.allclose([row["last_valid_acc"], row["last_valid_loss"]], [last["valid_acc"], last["valid_loss"]])
+
+
+def test_out_of_fold_predictions_score_every_image_once_by_the_model_that_did_not_train_on_it(cv_run: dict) -> None:
+    cv_dir = cv_run["dir"]
+    oof, folds = pd.read_csv(cv_dir / "oof_probs.csv"), pd.read_csv(cv_dir / "folds.csv")
+    assert sorted(oof["path"]) == sorted(folds["path"]) and oof["path"].is_unique
+    assert (oof.set_index("path")["fold"] == folds.set_index("path")["fold"]).all()
+    for k in range(K):
+        trained_on = pd.read_csv(cv_dir / f"fold_{k}" / "splits.csv").query("split == 'train'")["path"]
+        assert set(trained_on).isdisjoint(oof.loc[oof["fold"] == k, "path"])
+    metrics = json.loads((cv_dir / "oof_metrics.json").read_text())
+    assert metrics["images"] == len(folds)
+    assert metrics["accuracy"]["value"] == pytest.approx((oof["pred"] == oof["label"]).mean())
+    assert metrics["accuracy"]["ci95"] is not None
 
 
 def test_summary_mean_and_std_match_the_fold_rows(tmp_path: Path) -> None:

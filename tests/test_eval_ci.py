@@ -11,8 +11,10 @@ from core import calibration, threshold
 from core.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, macro_recall, quadratic_kappa, roc_auc,
                             standard_metrics, weighted_f1, with_intervals)
 from core.errors import UserError
-from core.patients import mean_probs, patient_table
-from data.patients import patient_ids
+from core.metrics import classification_metrics
+from core.patients import mean_probs, patient_predictions, patient_rule, patient_table
+from data import RETINOPATHY_CLASSES, open_data
+from data.patients import find_patients, patient_ids, split_patients
 
 
 def noisy_predictions(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +44,7 @@ def test_vectorised_metrics_equal_scikit_learn_on_a_resample(classes: int) -> No
 
 
 @pytest.mark.parametrize("classes", [2, 5])
-def test_every_interval_contains_its_point_estimate(classes: int) -> None:
+def test_intervals_of_an_imperfect_classifier_hold_the_estimate_and_have_width(classes: int) -> None:
     for seed in range(5):
         labels, probs = noisy_predictions(60, classes, seed)
         preds = probs.argmax(axis=1)
@@ -63,6 +65,22 @@ def test_a_perfect_classifier_has_the_accuracy_interval_one_to_one() -> None:
     intervals = bootstrap_ci(BootstrapPlan(300), labels, probs, labels, standard_metrics(2))
     assert intervals["accuracy"] == (1.0, 1.0)
     assert intervals["roc_auc"] == (1.0, 1.0)
+
+
+def test_a_perfect_classifier_has_macro_recall_one_to_one_whatever_class_a_resample_or_the_data_lacks() -> None:
+    # 7 patients, 2 of class 1: about a third of unstratified patient resamples would hold no class 1;
+    # class 2 is absent from the data altogether.
+    patients = np.repeat(np.arange(7), 3)
+    labels = np.repeat([0, 0, 0, 0, 0, 1, 1], 3)
+    probs = np.eye(3)[labels]
+    intervals = bootstrap_ci(BootstrapPlan(500, clusters=patients), labels, probs, labels, standard_metrics(3))
+    assert classification_metrics(labels, probs, ("a", "b", "c"))["macro_recall"] == 1.0
+    assert intervals["macro_recall"] == (1.0, 1.0)
+
+
+def test_a_skewed_interval_is_reported_as_it_is_not_stretched_to_the_estimate() -> None:
+    assert with_intervals({"accuracy": 0.9}, {"accuracy": (0.5, 0.8)}) == {"accuracy": {"value": 0.9,
+                                                                                        "ci95": [0.5, 0.8]}}
 
 
 def test_resampling_correlated_patients_gives_a_wider_interval_than_resampling_images() -> None:
@@ -91,7 +109,35 @@ def test_patient_ids_come_from_cnmc_and_retina_file_names_only() -> None:
     assert patient_ids(cnmc).tolist() == ["11", "H10", "11"]
     assert patient_ids([Path("10_left.jpeg"), Path("10_right.jpeg"), Path("7_left.jpeg")]).tolist() == \
         ["10", "10", "7"]
-    assert patient_ids([Path("0.bmp"), Path("UID_11_10_1_all.bmp")]) is None
+    assert patient_ids([Path("0.bmp"), Path("1.bmp")]) is None
+
+
+def test_a_partial_patient_id_match_warns_with_counts_and_groups_the_rest_by_image() -> None:
+    names = [Path("UID_11_10_1_all.bmp"), Path("UID_11_2_4_all.bmp"), Path("UID_H3_1_1_hem.bmp"), Path("extra.bmp")]
+    found = find_patients(names)
+    assert found.ids.tolist()[:3] == ["11", "11", "H3"] and found.ids[3] not in found.ids[:3]
+    assert "3 of 4 file names follow the C-NMC" in found.warning and "other 1 are grouped by image" in found.warning
+    assert find_patients(names[:3]).warning is None
+
+
+def test_kaggle_preliminary_test_keeps_its_patient_ids(tmp_path: Path) -> None:
+    from test_dataloader import make_kaggle
+
+    test = open_data(make_kaggle(tmp_path)).split("test")
+    assert split_patients(test).ids.tolist() == ["5", "H4", "5"]
+
+
+def test_a_retina_patient_is_labelled_and_predicted_by_the_worse_eye() -> None:
+    found = find_patients([Path("10_left.jpeg"), Path("10_right.jpeg"), Path("7_left.jpeg"), Path("7_right.jpeg")])
+    labels = np.array([0, 2, 1, 1])
+    probs = np.array([[0.9, 0.0, 0.0, 0.1, 0.0], [0.2, 0.0, 0.3, 0.5, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0],
+                      [0.1, 0.5, 0.4, 0.0, 0.0]])  # patient 10: eyes predicted 0 and 3, mean arg-max 0
+    table = patient_table(found.ids, labels, probs, probs.argmax(axis=1), RETINOPATHY_CLASSES)
+    rule = patient_rule(found.pattern)
+    pred = patient_predictions(table, rule, RETINOPATHY_CLASSES, lambda p: p.argmax(axis=1))
+    assert rule == "worse eye" and table["patient"].tolist() == ["10", "7"]
+    assert table["label"].tolist() == [2, 1] and pred.tolist() == [3, 1]
+    assert patient_rule(find_patients([Path("UID_11_10_1_all.bmp")]).pattern) == "mean probability"
 
 
 def test_patient_counts_add_up_and_the_prediction_follows_the_mean_probability() -> None:
@@ -173,3 +219,11 @@ def test_a_fitted_setting_stops_holding_when_checkpoint_tta_data_or_temperature_
     assert "temperature none (uncalibrated)" in mismatch(fitted_on, calibrated, temperature=True)
     assert mismatch(fitted_on, calibrated, temperature=False) is None  # a temperature is fitted on raw probabilities
     assert "older eval.py" in mismatch("valid", fitted_on, temperature=False)  # the old "fitted_on": "valid"
+
+
+def test_the_report_leads_with_labelled_test_intervals_and_puts_valid_last(tmp_path: Path) -> None:
+    from core.report import read_metrics
+
+    for split in ("valid", "test", "resnet_18_test"):
+        (tmp_path / f"{split}_metrics.json").write_text("{}")
+    assert list(read_metrics(tmp_path)) == ["resnet_18_test", "test", "valid"]

@@ -18,6 +18,7 @@ from conftest import write_lab_dataset
 from core import threshold
 from core.checkpoint import checkpoint_digest
 from core.errors import run_cli
+from core.evaluate import SELECTED_ON_VALID
 
 TINY = ["-b", "8", "--seed", "1", "--workers", "0"]
 PROBS = ["prob_normal", "prob_blast"]
@@ -58,7 +59,7 @@ def test_metrics_carry_intervals_and_patients_are_resampled(runs, tmp_path: Path
     data, a, _ = runs
     evaluate(a, data, tmp_path, "--split", "valid")
     m = json.loads((tmp_path / "valid_metrics.json").read_text())
-    assert m["bootstrap"] == {"resamples": 2000, "unit": "patients", "seed": 0}
+    assert m["bootstrap"] == {"resamples": 2000, "unit": "patients", "seed": 0, "note": SELECTED_ON_VALID}
     for key in ("accuracy", "weighted_f1", "macro_recall", "roc_auc"):
         lo, hi = m[key]["ci95"]
         assert lo <= m[key]["value"] <= hi, key

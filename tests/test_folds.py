@@ -118,3 +118,17 @@ def test_retina_folds_keep_both_eyes_of_a_patient_together(tmp_path: Path) -> No
     assert len(table) == 20 and (table["patient"] != "").all()
     assert table.groupby("patient")["fold"].nunique().max() == 1
     assert table.groupby("patient").size().eq(2).all()
+
+
+def test_folds_keep_named_patients_whole_and_group_the_other_images_by_image(kaggle: Path) -> None:
+    source = open_data(kaggle)
+    train = source.splits["train"]
+    renamed = train.paths[0].with_name("no_patient_id.bmp")
+    train.paths[0].rename(renamed)
+    try:
+        table = assign_folds(open_data(kaggle), 3, seed=0)
+    finally:
+        renamed.rename(train.paths[0])
+    named = table[table["path"] != str(renamed)]
+    assert named.groupby("patient")["fold"].nunique().max() == 1
+    assert (table["patient"] == "image " + str(renamed)).sum() == 1

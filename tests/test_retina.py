@@ -125,6 +125,20 @@ def test_retina_lab_keeps_both_eyes_of_a_patient_on_one_side(tmp_path: Path) -> 
     assert "both eyes of a patient on the same side" in source.note
 
 
+def test_retina_lab_with_some_names_lacking_a_patient_id_keeps_the_named_eyes_together_and_warns(
+        tmp_path: Path) -> None:
+    root = make_retina_lab(tmp_path)
+    names = (root / "train_img.csv").read_text().split()
+    fundus(root / "images" / "odd.jpeg")
+    write_column(root / "train_img.csv", [*names, "odd"])
+    write_column(root / "train_label.csv", [*(root / "train_label.csv").read_text().split(), 0])
+    source = open_data(root)
+    train, valid = source.split("train"), source.split("valid")
+    named = lambda split: {patient(n) for n in split.ids if n != "odd"}  # noqa: E731
+    assert not named(train) & named(valid)
+    assert f"only {len(names)} of {len(names) + 1} names carry a patient id" in source.note
+
+
 def test_retina_lab_split_is_seeded(tmp_path: Path) -> None:
     root = make_retina_lab(tmp_path)
     valid_ids = {seed: open_data(root, seed=seed).split("valid").ids for seed in (0, 0, 1, 2, 3)}
