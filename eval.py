@@ -2,7 +2,8 @@
 
     python eval.py -m storage/latest                       # valid metrics + this model's test CSV
     python eval.py -m storage/ResNet50-.../best.pt --split resnet_50_test
-    python eval.py -m storage/latest --split valid --tta   # average over flips
+    python eval.py -m storage/latest --split valid --tta   # TTA as the training policy allows -> <run>/eval-tta/
+    python eval.py -m storage/latest/last.pt               # the last epoch's weights -> <run>/eval-last/
     python eval.py -m storage/latest --threshold youden --calibrate
     python eval.py -m storage/ResNet18-... storage/ResNet50-...   # an ensemble
     python eval.py -m storage/ResNet18-cv5-...             # a CV run: its fold models averaged
@@ -36,19 +37,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch_size", type=positive_int, default=64, help="default 64")
     p.add_argument("-c", "--use_cpu", action="store_true", help="run on the CPU")
     p.add_argument("-d", "--use_device", help="device: a GPU number (0, 1, ...) or cpu/cuda:N/mps")
-    p.add_argument("--tta", action="store_true", help="average predictions over the three flips")
-    p.add_argument("--output", help="output folder (default <run folder>/eval/; an ensemble: "
-                                    "storage/ensemble-<run1>+<run2>...)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation as the run's --augment policy allows: rotate: the 8 flips and "
+                        "90-degree turns; upright/none: none (the model never saw a flip)")
+    p.add_argument("--output", help="output folder (default, keyed by what is evaluated: <run>/eval/ for best.pt, "
+                                    "<run>/eval-last/ for last.pt, '-tta' appended with --tta; an ensemble: "
+                                    "storage/ensemble-<run1>+<run2>...[-tta])")
     p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
                    help="bootstrap resamples for the 95%% intervals (default 2000; 0: off); patients are "
                         "resampled where file names carry patient ids, images otherwise")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--threshold", metavar="RULE",
                    help="two classes: youden, sens=0.95 or a probability, chosen on valid, saved in the output "
-                        "folder and applied to every split and the Kaggle CSV (later runs reuse it; default 0.5)")
+                        "folder with what it was chosen on, and applied to every split and the Kaggle CSV (later "
+                        "runs reuse it while it still fits the checkpoint, TTA and temperature, else choose the "
+                        "saved rule again; default 0.5)")
+    p.add_argument("--positive-class", metavar="NAME",
+                   help="two classes: the class the threshold, sensitivity and PPV are about, by name or index "
+                        "(default: class index 1, the second class of the checkpoint: label 1 for 0/1 labels; "
+                        "saved with the operating point, used by predict.py and export.py)")
     p.add_argument("--calibrate", action="store_true",
                    help="fit a temperature on valid, save it, and apply it to the probabilities written "
-                        "(predictions unchanged; later runs reuse it)")
+                        "(arg-max unchanged; a saved threshold rule is chosen again on the calibrated "
+                        "probabilities; later runs reuse it while it fits the checkpoint and TTA)")
     p.add_argument("--cam", type=cam_count, default=0, metavar="N",
                    help="also save <split>_gradcam.png per labelled split: Grad-CAM of the N most confident "
                         "mistakes and N correct images per class (default 0: off; single models only)")
@@ -65,10 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {args.bootstrap})")
-    from core import calibration, cv, threshold  # torch loads here, after parsing, so that --help is instant
+    from core import calibration, cv, fitted, threshold  # torch loads here, after parsing, so that --help is instant
     from core.checkpoint import CheckpointError
-    from core.ensemble import PredictOptions, default_output, describe, ensemble_name, load_members, predict_split
-    from core.evaluate import EvalSettings, operating_settings, write_split
+    from core.ensemble import (PredictOptions, default_output, describe, ensemble_name, ensemble_tta, load_members,
+                               predict_split)
+    from core.evaluate import EvalSettings, write_split
     from core.hardware import make_runtime, pick_device
     from core.runs import pick_run, write_json
     import data
@@ -101,16 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(source.classes) != len(classes):
         raise CheckpointError(f"{first.path} predicts {len(classes)} classes ({', '.join(classes)}) but the data "
                               f"at {source.root} has {len(source.classes)} ({', '.join(source.classes)})")
-    if rule and len(classes) != 2:
-        raise UserError(f"--threshold needs two classes; this model has {len(classes)} (the arg-max decides)")
-    out = Path(args.output) if args.output else cv_dir / "eval" if cv_dir else default_output(members)
+    positive = positive_index(args.positive_class, rule, classes)
+    out = Path(args.output) if args.output else \
+        cv_dir / ("eval-tta" if args.tta else "eval") if cv_dir else default_output(members, args.tta)
     out.mkdir(parents=True, exist_ok=True)
     options = PredictOptions(args.batch_size, args.workers, args.tta,
                              Path(config.get("out", "storage")) / "cache" if args.cache else None)
     title = display_name(first.arch) if len(members) == 1 else \
         f"{display_name(first.arch)} {len(members)}-fold ensemble" if cv_dir else name
+    tta = ensemble_tta(members, args.tta)
     print(f"{title} from {', '.join(str(m.path) for m in members)} (epoch "
-          f"{', '.join(str(m.epoch) for m in members)}) on {device}; outputs in {out}/")
+          f"{', '.join(str(m.epoch) for m in members)}) on {device}; {tta_line(tta, members)}; outputs in {out}/")
     if len(members) > 1:
         write_json(out / "ensemble.json", {"name": name, "members": describe(members)})
     splits = choose_splits(source, args.split, first.arch)
@@ -120,13 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{source.root} has no test list to ensemble the folds on; the out-of-fold scores are "
                             f"in {cv_dir / 'oof_metrics.json'}, each fold's in {cv_dir / 'cv_summary.csv'} "
                             f"(or use --folds-separately)")
-    if (args.calibrate or rule) and "valid" not in [s.name for s in splits]:
-        splits.insert(0, source.splits["valid"])  # the operating point and temperature are fitted there
+    if not cv_dir:
+        splits = with_valid(splits, source, out, bool(args.calibrate or rule))
     predicted = {s.name: predict_split(members, s, options, rt) for s in splits}
-    valid = predicted.get("valid") if "valid" in source.splits and source.splits["valid"].labels is not None \
-        else None
-    temperature, cut = operating_settings(out, valid, args.calibrate, rule, classes)
-    settings = EvalSettings(out, classes, name, title, cut, temperature, args.bootstrap, args.seed)
+    checkpoints = fitted.checkpoint_records([(m.path, m.epoch) for m in members])
+    temperature, point = fitted_settings(source, predicted, out, classes, checkpoints, tta, args.calibrate, rule,
+                                         positive)
+    settings = EvalSettings(out, classes, name, title, point and point.threshold, temperature, args.bootstrap,
+                            args.seed, point.positive if point else threshold.DEFAULT_POSITIVE,
+                            {"checkpoints": checkpoints, "tta": tta, "temperature": temperature})
     for split in splits:
         probs, labels = predicted[split.name]
         if temperature:
@@ -135,6 +150,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cam and split.labels is not None:
             cam_grid(members, split, probs, args.cam, options.cache_dir, out)
     return 0
+
+
+def positive_index(name: str | None, rule: str | None, classes: tuple[str, ...]) -> int | None:
+    """--positive-class as a class index (None: not given); UserError unless the model has two classes."""
+    from core.threshold import class_index
+
+    if (rule or name is not None) and len(classes) != 2:
+        raise UserError(f"--threshold and --positive-class need two classes; this model has {len(classes)} "
+                        f"(the arg-max decides)")
+    return None if name is None else class_index(name, classes, "--positive-class")
+
+
+def with_valid(splits: list[data.Split], source: data.DataSource, out: Path, fit: bool) -> list[data.Split]:
+    """``splits`` plus valid, first, where a temperature or operating point is fitted there or saved in ``out``
+    (a saved one is checked against valid, and fitted again there if it no longer holds)."""
+    from core import calibration, threshold
+
+    saved = any((out / f).is_file() for f in (calibration.FILE, threshold.FILE))
+    if (fit or saved) and "valid" in source.splits and "valid" not in [s.name for s in splits]:
+        return [source.splits["valid"], *splits]
+    return splits
+
+
+def fitted_settings(source: data.DataSource, predicted: dict, out: Path, classes: tuple[str, ...],
+                    checkpoints: list[dict], tta: str | None, calibrate: bool, rule: str | None, positive: int | None):
+    """(temperature, operating point): fitted on, or checked against, the valid predictions (core.fitted)."""
+    from core import fitted
+
+    split = source.splits.get("valid")
+    labelled = split is not None and split.labels is not None and "valid" in predicted
+    now = fitted.provenance(checkpoints, tta, None, "valid", split.fingerprint() if split is not None else None)
+    return fitted.operating_settings(fitted.Fitting(out, classes, now, predicted["valid"] if labelled else None),
+                                     calibrate, rule, positive)
+
+
+def tta_line(tta: str | None, members: list) -> str:
+    """What the console says about TTA: off, the views used, or why there are none."""
+    if tta is None:
+        return "no TTA"
+    if tta == "none":
+        return f"TTA none: --augment {members[0].config.get('augment')} saw no flips or turns in training"
+    return f"TTA {tta}"
 
 
 def evaluate_folds(cv_dir: Path, args: argparse.Namespace, argv: list[str]) -> int:

@@ -27,13 +27,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="predictions CSV (default <run>/predict/predictions.csv)")
     p.add_argument("-b", "--batch_size", type=positive_int, default=64, help="images per batch (default 64)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--tta", action="store_true", help="average predictions over the three flips")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation as each run's --augment policy allows (rotate: flips and 90-degree "
+                        "turns; upright/none: none), as eval.py --tta")
     p.add_argument("--threshold", type=float,
                    help="two classes: predict the positive class when its probability is at least this "
-                        "(default: the operating point eval.py saved for the run, if any, else the larger "
-                        "probability)")
+                        "(default: the operating point eval.py saved for these runs and this TTA, if any, else "
+                        "the larger probability)")
     p.add_argument("--positive-class", help="the class --threshold is about, by name or index (default: the "
-                                            "operating point's, else class 1)")
+                                            "operating point's, else class index 1)")
     p.add_argument("--cam", nargs="?", const="", metavar="DIR",
                    help="write a Grad-CAM overlay per image (predicted class) into DIR "
                         "(default <output folder>/gradcam/)")
@@ -44,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from core import predict
-    from core.ensemble import load_members
+    from core.ensemble import ensemble_tta, load_members
     from core.hardware import make_runtime, pick_device
     from core.runs import write_text_atomic
     from models import display_name
@@ -52,17 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     rt = make_runtime(pick_device(args.device), amp=None, channels_last=None)
     members = load_members(args.model_path, rt)  # the same models eval.py would build
     classes = members[0].classes
-    threshold = choose_threshold(args, members, classes)
+    saved, temperature = predict.read_fitted(members, args.tta)  # what eval.py fitted for these checkpoints
+    threshold = choose_threshold(args.threshold, args.positive_class, saved, classes)
     output = Path(args.output) if args.output else members[0].path.parent / "predict" / "predictions.csv"
     cam_dir = None if args.cam is None else Path(args.cam) if args.cam else output.parent / "gradcam"
     items = predict.collect_images(args.images)
     output.parent.mkdir(parents=True, exist_ok=True)
     names = " + ".join(f"{display_name(m.arch)} ({m.path})" for m in members)
-    print(f"{names} on {rt.device}: {len(items)} images" + (", TTA" if args.tta else "")
+    print(f"{names} on {rt.device}: {len(items)} images" + (f", TTA {ensemble_tta(members, True)}" if args.tta else "")
           + (f"; {threshold.source}: {classes[threshold.positive]} if p >= {threshold.value:g}" if threshold else ""))
-    temperature = predict.read_temperature(members[0].path.parent) if len(members) == 1 else None
     if temperature:
-        print(f"calibrated as eval.py: temperature {temperature:.3f} from {members[0].path.parent / 'eval'}")
+        print(f"calibrated as eval.py: temperature {temperature:.3f}")
     options = predict.PredictOptions(args.batch_size, args.tta, threshold, cam_dir, temperature)
     table = predict.predict_items(members, items, options, rt)
     write_text_atomic(output, table.to_csv(index=False))
@@ -71,23 +73,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if (table["error"] != "").any() else 0
 
 
-def choose_threshold(args: argparse.Namespace, members: list, classes: tuple[str, ...]):  # -> Threshold | None
-    """--threshold, else the single run's saved operating point, else None (the larger probability wins)."""
-    from core.predict import Threshold, class_index, read_operating_point
+def choose_threshold(value: float | None, positive_class: str | None, saved, classes: tuple[str, ...]):
+    """--threshold, else the operating point eval.py saved (``saved``), else None (the larger probability wins)."""
+    from core.predict import Threshold
+    from core.threshold import class_index
 
-    if args.threshold is None and args.positive_class is None:
-        return read_operating_point(members[0].path.parent, classes) if len(members) == 1 else None
+    if value is None and positive_class is None:
+        return saved
     if len(classes) != 2:
         raise UserError(f"--threshold and --positive-class need a two-class model; this one has {len(classes)} "
                         f"classes ({', '.join(classes)})")
-    saved = read_operating_point(members[0].path.parent, classes) if len(members) == 1 else None
-    positive = (class_index(args.positive_class, classes, "--positive-class") if args.positive_class is not None
+    positive = (class_index(positive_class, classes, "--positive-class") if positive_class is not None
                 else saved.positive if saved else 1)
-    value = args.threshold if args.threshold is not None else saved.value if saved else 0.5
-    if not 0 <= value <= 1:
-        raise UserError(f"--threshold must be between 0 and 1 (got {value})")
-    source = "--threshold" if args.threshold is not None else saved.source if saved else "--positive-class"
-    return Threshold(value, positive, source)
+    if value is None and saved and saved.positive != positive:
+        raise UserError(f"--positive-class {positive_class}: the saved operating point ({saved.source}) is about "
+                        f"{classes[saved.positive]}; give --threshold too, or choose one with eval.py --positive-class")
+    cut = value if value is not None else saved.value if saved else 0.5
+    if not 0 <= cut <= 1:
+        raise UserError(f"--threshold must be between 0 and 1 (got {cut})")
+    source = "--threshold" if value is not None else saved.source if saved else "--positive-class"
+    return Threshold(cut, positive, source)
 
 
 if __name__ == "__main__":

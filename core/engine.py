@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from core.progress import progress, track
+from core.tta import mean_logits
 
 LOG_EVERY = 50  # steps between the (syncing) finite-loss check and progress-bar update
 
@@ -145,19 +146,14 @@ def check_finite(sums: EpochSums, epoch: int) -> None:
         raise NonFiniteLoss(epoch, bad)
 
 
-def forward(model: torch.nn.Module, x: torch.Tensor, rt: Runtime, tta: bool) -> torch.Tensor:
-    """Float32 logits; with ``tta`` averaged over the identity and the three flips."""
+def forward(model: torch.nn.Module, x: torch.Tensor, rt: Runtime, tta: str | None) -> torch.Tensor:
+    """Float32 logits; with ``tta`` (core.tta: ``flips+rot90``, ``none``) averaged over its views."""
     with rt.autocast():
-        logits = model(x).float()
-        if tta:
-            for dims in ((3,), (2,), (2, 3)):
-                logits = logits + model(torch.flip(x, dims)).float()
-            logits = logits / 4
-    return logits
+        return mean_logits(model, x, tta)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime, tta: bool = False,
+def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime, tta: str | None = None,
              confusion: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed cross-entropy, number correct and number seen over ``loader`` (device tensors).
 
@@ -181,7 +177,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Modul
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module, rt: Runtime,
-            tta: bool = False, show: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            tta: str | None = None, show: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (N x C) and the loader's labels, in loader order."""
     model.eval()
     probs, labels = [], []

@@ -17,6 +17,8 @@ from core import engine
 from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
                              resolve_checkpoint)
 from core.engine import Runtime
+from core.tta import describe as describe_tta
+from core.tta import tta_for
 from models import display_name
 
 
@@ -42,7 +44,8 @@ class Member:
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """How to predict: batch size, loader processes, flip averaging, the decode-once cache folder."""
+    """How to predict: batch size, loader processes, TTA asked for (each member's policy decides which
+    views; core.tta), the decode-once cache folder."""
 
     batch_size: int = 64
     workers: int = 0
@@ -73,9 +76,28 @@ def load_members(specs: Sequence[str | Path], rt: Runtime) -> list[Member]:
 
 
 def ensemble_name(members: Sequence[Member]) -> str:
-    """A single model's run name, or 'ensemble-<run1>+<run2>+...'."""
-    names = [m.run_name for m in members]
-    return names[0] if len(names) == 1 else "ensemble-" + "+".join(names)
+    """A single model's run name, or 'ensemble-<run1>+<run2>+...' (a member's last.pt: '<run>-last')."""
+    if len(members) == 1:
+        return members[0].run_name
+    return "ensemble-" + "+".join(m.run_name + ("" if checkpoint_key(m) == "best" else f"-{checkpoint_key(m)}")
+                                  for m in members)
+
+
+def checkpoint_key(member: Member) -> str:
+    """'best' for best.pt (and any checkpoint outside a run folder but last.pt), else the file's stem ('last')."""
+    stem = member.path.stem
+    in_run = member.run_name == member.path.parent.name
+    return stem if stem == "last" or (in_run and stem != "best") else "best"
+
+
+def member_tta(member: Member, asked: bool) -> str | None:
+    """The TTA this member uses when TTA is asked for: what its augmentation policy allows (core.tta)."""
+    return tta_for(member.config) if asked else None
+
+
+def ensemble_tta(members: Sequence[Member], asked: bool) -> str | None:
+    """What the metrics record as the TTA used: None when off, else e.g. 'flips+rot90' or 'none'."""
+    return describe_tta([member_tta(m, asked) for m in members])
 
 
 def member_loader(member: Member, split: data.Split, options: PredictOptions, rt: Runtime) -> data.BatchLoader:
@@ -91,7 +113,7 @@ def predict_split(members: Sequence[Member], split: data.Split, options: Predict
     for member in members:
         transform = data.BatchTransform(member.prep, train=False).to(rt.device)
         probs, labels = engine.predict(member.model, member_loader(member, split, options, rt), transform, rt,
-                                       options.tta, options.show_progress)
+                                       member_tta(member, options.tta), options.show_progress)
         total = probs.astype(np.float64) if total is None else total + probs
     return (total / len(members)).astype(np.float32), labels
 
@@ -102,10 +124,14 @@ def describe(members: Sequence[Member]) -> list[dict[str, Any]]:
              "epoch": m.epoch} for m in members]
 
 
-def default_output(members: Sequence[Member]) -> Path:
-    """A single run's ``eval/``; an ensemble's own folder beside the first run (under storage/)."""
+def default_output(members: Sequence[Member], tta: bool = False) -> Path:
+    """Where an evaluation of ``members`` goes, keyed by what is evaluated so that none overwrites another:
+    a single run's ``eval/`` (best.pt), ``eval-last/`` (last.pt), with ``-tta`` appended under TTA; an
+    ensemble's own folder beside the first run (under storage/), ``-tta`` likewise."""
     first = members[0]
-    in_run = first.run_name == first.path.parent.name
+    suffix = "-tta" if tta else ""
     if len(members) == 1:
-        return first.path.parent / "eval"
-    return (first.path.parent.parent if in_run else first.path.parent) / ensemble_name(members)
+        key = checkpoint_key(first)
+        return first.path.parent / ("eval" + ("" if key == "best" else f"-{key}") + suffix)
+    in_run = first.run_name == first.path.parent.name
+    return (first.path.parent.parent if in_run else first.path.parent) / (ensemble_name(members) + suffix)

@@ -5,7 +5,9 @@ Metrics JSON (``<split>_metrics.json``): ``accuracy``, ``weighted_f1``, ``macro_
 (``ci95`` is null with ``--bootstrap 0`` or where undefined); ``bootstrap`` says how many resamples
 of which unit (``patients`` or ``images``); ``patients`` holds the same metrics per patient where
 file names carry patient ids (``rule``: how a patient's label and prediction are made, core/patients.py);
-``operating_point`` (two classes) and ``calibration`` as named.
+``operating_point`` (two classes: ``threshold``, ``positive_class``, sensitivity, ...) and ``calibration``
+as named; ``evaluated`` (core.fitted.provenance): the checkpoints (path, epoch, digest), the TTA used
+(null: off; ``flips+rot90``, ``none``), the temperature applied, the split and its data fingerprint.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from core.evalfigures import save_curves_png, save_reliability_png
 from core.metrics import classification_metrics, confusion, save_confusion_png
 from core.patients import MEAN_PROBABILITY, mean_probs, patient_predictions, patient_rule, patient_table
 from core.runs import write_json, write_text_atomic
+from core.threshold import DEFAULT_POSITIVE
 from data import Split
 from data.patients import split_patients
 
@@ -38,10 +41,12 @@ class EvalSettings:
     classes: tuple[str, ...]
     run_name: str  # carried by every Kaggle CSV's name
     title: str  # e.g. "ResNet18" or "ensemble-a+b", for figure titles
-    threshold: float | None = None  # two classes: P(class 1) that calls it positive; None: arg-max
+    threshold: float | None = None  # two classes: P(positive) that calls it positive; None: arg-max
     temperature: float | None = None  # already applied to the probabilities; recorded in the metrics
     resamples: int = 2000
     seed: int = 0
+    positive: int = DEFAULT_POSITIVE  # two classes: the class index the threshold is about
+    evaluated: dict[str, Any] | None = None  # core.fitted.provenance without the split: what was evaluated
 
 
 def submission_path(out: Path, split_name: str, run_name: str) -> Path:
@@ -50,7 +55,7 @@ def submission_path(out: Path, split_name: str, run_name: str) -> Path:
 
 def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSettings) -> dict[str, Any] | None:
     """Write every output of ``split``; returns its metrics (None for an unlabelled split)."""
-    preds = threshold.predictions(probs, s.threshold)
+    preds = threshold.predictions(probs, s.threshold, s.positive)
     table = pd.DataFrame({"ID": split.ids, **{f"prob_{c}": probs[:, i] for i, c in enumerate(s.classes)},
                           "pred": preds})
     write_text_atomic(s.out / f"{split.name}_probs.csv", table.to_csv(index=False))
@@ -77,6 +82,8 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
     bins = calibration.reliability(labels, probs)
     m["calibration"] = {"ece": calibration.expected_calibration_error(bins), "bins": bins,
                         "temperature": s.temperature}
+    if s.evaluated is not None:
+        m["evaluated"] = {**s.evaluated, "split": split.name, "data_fingerprint": split.fingerprint()}
     write_json(s.out / f"{split.name}_metrics.json", m)
     write_figures(split.name, labels, probs, m, counts, normalised, s)
     print(format_metrics(m, f"{split.name}:"))
@@ -93,8 +100,9 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
     m.update(with_intervals(point, intervals))
     m["bootstrap"] = {"resamples": s.resamples, "unit": plan.unit, "seed": s.seed}
     if len(s.classes) == 2:
-        m["operating_point"] = threshold.operating_point(labels, preds,
-                                                         threshold.DEFAULT if s.threshold is None else s.threshold)
+        cut = threshold.DEFAULT if s.threshold is None else s.threshold
+        m["operating_point"] = {**threshold.operating_point(labels, preds, cut, s.positive),
+                                "positive_class": s.classes[s.positive]}
     return m
 
 
@@ -104,7 +112,7 @@ def patient_metrics(split_name: str, patients: np.ndarray, rule: str,
     ``predicted`` is the images' (labels, probabilities, predictions)."""
     table = patient_table(patients, *predicted, s.classes)
     patient_probs = mean_probs(table, s.classes)
-    pred = patient_predictions(table, rule, s.classes, lambda p: threshold.predictions(p, s.threshold))
+    pred = patient_predictions(table, rule, s.classes, lambda p: threshold.predictions(p, s.threshold, s.positive))
     table = table.drop(columns="worst_pred")
     table.insert(len(table.columns) - 1, "pred", pred)
     write_text_atomic(s.out / f"{split_name}_patients.csv", table.to_csv(index=False))
@@ -121,7 +129,11 @@ def write_figures(split_name: str, labels: np.ndarray, probs: np.ndarray, m: dic
     title = f"{s.title} - {split_name}"
     save_confusion_png(counts, normalised, s.classes, f"{title} (accuracy {m['accuracy']['value']:.2%})",
                        s.out / f"{split_name}_confusion.png")
-    save_curves_png(labels, probs, s.classes, m.get("operating_point"), title, s.out / f"{split_name}_roc.png")
+    if len(s.classes) == 2 and s.positive == 0:  # the curves are drawn for class 1: make the positive class 1
+        labels, probs, classes = 1 - labels, probs[:, ::-1], s.classes[::-1]
+    else:
+        classes = s.classes
+    save_curves_png(labels, probs, classes, m.get("operating_point"), title, s.out / f"{split_name}_roc.png")
     save_reliability_png(m["calibration"]["bins"], m["calibration"]["ece"], f"{title}: reliability",
                          s.out / f"{split_name}_reliability.png")
 
@@ -146,7 +158,8 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
     op = m.get("operating_point")
     if op:
         show = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
-        lines.append(f"  at threshold {op['threshold']:.4g}: sensitivity {show(op['sensitivity'])}   specificity "
+        lines.append(f"  at threshold {op['threshold']:.4g} for {op['positive_class']}: sensitivity "
+                     f"{show(op['sensitivity'])}   specificity "
                      f"{show(op['specificity'])}   PPV {show(op['ppv'])}   NPV {show(op['npv'])}")
     lines.append(f"  expected calibration error {m['calibration']['ece']:.4f}")
     if "patients" in m:
@@ -164,40 +177,3 @@ def summary_line(m: dict[str, Any]) -> str:
                                         ("macro_recall", "macro recall"), ("roc_auc", "ROC-AUC"),
                                         ("quadratic_kappa", "QW kappa"))
     return "   ".join(f"{label} {format_interval(m[key], key == 'accuracy')}" for key, label in names if key in m)
-
-
-def operating_settings(out: Path, valid: tuple[np.ndarray, np.ndarray] | None, calibrate: bool,
-                       rule: str | None, classes: Sequence[str]) -> tuple[float | None, float | None]:
-    """(temperature, threshold): fitted on ``valid`` (probabilities, labels) when asked and saved in ``out``,
-    else read back from an earlier evaluation there, else (None, 0.5 for two classes / None)."""
-    from core.errors import UserError
-
-    if (calibrate or rule) and (valid is None or (valid[1] < 0).any()):
-        raise UserError("--calibrate and --threshold are fitted on the valid split, which has no labels here")
-    temperature = None
-    if calibrate:
-        probs, labels = valid
-        temperature = calibration.fit_temperature(labels, probs)
-        calibration.save(out, temperature, summary(labels, probs), summary(labels, calibration.scale(probs, temperature)))
-        print(f"calibration: temperature {temperature:.3f} fitted on valid -> {out / calibration.FILE}")
-    elif (saved := calibration.load(out)) is not None:
-        temperature = float(saved["temperature"])
-        print(f"calibration: temperature {temperature:.3f} from {out / calibration.FILE} (delete it to stop)")
-    if rule:
-        probs, labels = valid
-        probs = calibration.scale(probs, temperature) if temperature else probs
-        cut = threshold.choose_threshold(rule, labels, probs[:, 1])
-        threshold.save(out, rule, cut, classes[1])
-        print(f"operating point: {rule} on valid -> threshold {cut:.4g} for {classes[1]} -> {out / threshold.FILE}")
-        return temperature, cut
-    if len(classes) == 2 and (saved := threshold.load(out)) is not None:
-        cut = float(saved["threshold"])
-        print(f"operating point: threshold {cut:.4g} ({saved.get('rule')}) from {out / threshold.FILE}")
-        return temperature, cut
-    return temperature, threshold.DEFAULT if len(classes) == 2 else None
-
-
-def summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Cross-entropy and ECE of probabilities, before/after calibration."""
-    return {"nll": calibration.nll(labels, probs),
-            "ece": calibration.expected_calibration_error(calibration.reliability(labels, probs))}

@@ -3,7 +3,9 @@
     python export.py -m storage/latest --format onnx   # <run>/export/<arch>.onnx + <arch>.json
 
 The ONNX graph takes float32 N x 3 x H x W images, already preprocessed (see the JSON), with any
-batch size N, and returns logits N x C (apply softmax for probabilities).
+batch size N, and returns logits N x C. The JSON also carries what eval.py fitted for this
+checkpoint without TTA (core.fitted): probabilities are softmax(logits / temperature), and the
+operating point calls ``positive_class`` where its probability reaches ``threshold.value``.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import torch
 
 from core.errors import UserError
 from core.extras import require
-from core.ensemble import Member
-from core.predict import read_operating_point
+from core.ensemble import Member, default_output
+from core.fitted import checkpoint_records, saved_for_inference
 from core.runs import write_json
 
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted on the logits
@@ -83,7 +85,8 @@ def verify(model: torch.nn.Module, path: Path, size: int, seed: int) -> float:
 def preprocess_info(member: Member, opset: int) -> dict[str, Any]:
     """What another program needs to feed the ONNX model the pixels the run was trained on."""
     prep = member.prep
-    point = read_operating_point(member.path.parent, member.classes)
+    records = checkpoint_records([(member.path, member.epoch)])
+    temperature, point = saved_for_inference(default_output([member]), records, None, member.classes)
     return {
         "input": INPUT_NAME, "output": OUTPUT_NAME, "output_kind": "logits (softmax gives probabilities)",
         "layout": "N x 3 x H x W float32, RGB",
@@ -97,7 +100,11 @@ def preprocess_info(member: Member, opset: int) -> dict[str, Any]:
         "mean": list(prep.mean), "std": list(prep.std),
         "normalise": "x = (pixel / 255 - mean) / std, per channel",
         "classes": list(member.classes),
-        "threshold": None if point is None else {"value": point.value,
+        "temperature": temperature,
+        "probabilities": "softmax(logits / temperature) (temperature null: softmax(logits))",
+        "threshold": None if point is None else {"value": point.threshold, "positive_index": point.positive,
                                                  "positive_class": member.classes[point.positive]},
+        "decision": "threshold null: the largest probability; else positive_index where its probability >= value, "
+                    "else the other class",
         "arch": member.arch, "checkpoint": str(member.path), "opset": opset,
     }

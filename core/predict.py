@@ -25,10 +25,11 @@ import torch
 from PIL import Image
 
 from core import calibration, engine
-from core.threshold import FILE as OPERATING_POINT_FILE
-from core.threshold import load as load_operating_point
+from core.ensemble import Member, default_output, ensemble_tta, member_tta
+from core.fitted import checkpoint_records, saved_for_inference
 from core.progress import track
-from core.ensemble import Member
+from core.threshold import FILE as OPERATING_POINT_FILE
+from core.threshold import predictions
 from core.errors import UserError
 from core.gradcam import OVERLAY, heat_maps
 from data import BatchTransform, DataError, Preprocess, load_image
@@ -58,7 +59,7 @@ class Item:
 @dataclass(frozen=True)
 class PredictOptions:
     batch_size: int = 64
-    tta: bool = False
+    tta: bool = False  # as each member's augmentation policy allows (core.tta)
     threshold: Threshold | None = None
     cam_dir: Path | None = None  # write one Grad-CAM overlay PNG per image here
     temperature: float | None = None  # eval.py --calibrate's, applied as eval.py applies it
@@ -119,40 +120,26 @@ def items_from_csv(csv: Path) -> list[Item]:
 # ------------------------------------------------------------------------------------ threshold
 
 
-def read_operating_point(run_dir: Path, classes: Sequence[str]) -> Threshold | None:
-    """The threshold eval.py saved in ``<run>/eval/operating_point.json``, if any (two classes only)."""
-    saved = load_operating_point(run_dir / "eval") if len(classes) == 2 else None
-    if saved is None:
-        return None
-    path = run_dir / "eval" / OPERATING_POINT_FILE
-    return Threshold(float(saved["threshold"]), class_index(saved.get("positive_class", 1), classes, path), str(path))
-
-
-def read_temperature(run_dir: Path) -> float | None:
-    """The temperature eval.py --calibrate saved for the run, if any."""
-    saved = calibration.load(run_dir / "eval")
-    return float(saved["temperature"]) if saved else None
-
-
-def class_index(value: int | str, classes: Sequence[str], where: Path | str) -> int:
-    """A class given by index or by name -> its index; UserError naming the choices."""
-    if isinstance(value, str) and value in classes:
-        return list(classes).index(value)
-    try:
-        index = int(value)
-    except (TypeError, ValueError):
-        index = -1
-    if not 0 <= index < len(classes):
-        raise UserError(f"{where}: positive class {value!r} is not one of {', '.join(classes)} "
-                        f"(or 0..{len(classes) - 1})")
-    return index
+def read_fitted(members: Sequence[Member], tta: bool) -> tuple[Threshold | None, float | None]:
+    """The operating point and temperature eval.py saved for these checkpoints and this TTA (in the folder
+    eval.py writes them to: ``<run>/eval/``, ``eval-last/``, ``eval-tta/``, an ensemble's folder); UserError
+    if they were fitted on other checkpoints or another TTA."""
+    folder, plain = default_output(members, tta), default_output(members)
+    temperature, point = saved_for_inference(folder, checkpoint_records([(m.path, m.epoch) for m in members]),
+                                             ensemble_tta(members, tta), members[0].classes)
+    if tta and point is None and temperature is None and (plain / OPERATING_POINT_FILE).is_file():
+        print(f"no operating point for TTA in {folder}/ (the one in {plain}/ was chosen without TTA): the larger "
+              f"probability decides; eval.py --tta --threshold RULE chooses one")
+    threshold = None if point is None else Threshold(point.threshold, point.positive,
+                                                     str(folder / OPERATING_POINT_FILE))
+    return threshold, temperature
 
 
 def decide(probs: np.ndarray, threshold: Threshold | None) -> np.ndarray:
     """Predicted class per row: argmax, or the positive class where its probability reaches the threshold."""
     if threshold is None:
         return probs.argmax(1)
-    return np.where(probs[:, threshold.positive] >= threshold.value, threshold.positive, 1 - threshold.positive)
+    return predictions(probs, threshold.value, threshold.positive)  # eval.py's rule
 
 
 # ------------------------------------------------------------------------------------ prediction
@@ -218,7 +205,7 @@ def predict_items(members: Sequence[Member], items: Sequence[Item], options: Pre
             views = [(m, transform, pixels_of(decoded[pixel_key(m.prep)], good))
                      for m, transform in zip(members, transforms)]
             probs[rows] = np.mean([engine.predict(m.model, [(images, torch.zeros(len(good), dtype=torch.long))],
-                                                  transform, rt, options.tta, show=False)[0]
+                                                  transform, rt, member_tta(m, options.tta), show=False)[0]
                                    for m, transform, images in views], axis=0)
             if options.temperature:  # the operating point was chosen on these calibrated probabilities
                 probs[rows] = calibration.scale(probs[rows], options.temperature)

@@ -2,14 +2,16 @@
 
 ``--threshold youden`` (maximises sensitivity + specificity - 1), ``sens=0.95`` (the most specific
 point that keeps sensitivity at least 0.95) or a number is chosen on the valid split, saved as
-``operating_point.json`` beside the run's eval outputs, and applied to every split and the Kaggle
-CSV; later evaluations of the run read it back. Without one the threshold is 0.5.
+``operating_point.json`` beside the run's eval outputs with what it was chosen on (core.fitted),
+and applied to every split and the Kaggle CSV; later evaluations of the run read it back. Without
+one the threshold is 0.5. The positive class is ``--positive-class`` (default: class index 1, the
+second class of the checkpoint's class list: for 0/1 labels, 1).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -19,6 +21,7 @@ from core.runs import read_saved, write_json
 
 FILE = "operating_point.json"
 DEFAULT = 0.5
+DEFAULT_POSITIVE = 1  # the second class of the checkpoint's list; for numeric labels 0/1, label 1
 
 
 def check_rule(rule: str) -> str:
@@ -50,27 +53,42 @@ def choose_threshold(rule: str, labels: np.ndarray, positive_probs: np.ndarray) 
     return float(thresholds[best])
 
 
-def predictions(probs: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Class per row: positive (1) when P(class 1) >= threshold for two classes, else the arg-max."""
+def predictions(probs: np.ndarray, threshold: float | None, positive: int = DEFAULT_POSITIVE) -> np.ndarray:
+    """Class per row: two classes, ``positive`` where its probability >= threshold, else the other; else arg-max."""
     if threshold is None or probs.shape[1] != 2:
         return probs.argmax(axis=1)
-    return (probs[:, 1] >= threshold).astype(np.int64)
+    return np.where(probs[:, positive] >= threshold, positive, 1 - positive).astype(np.int64)
 
 
-def operating_point(labels: np.ndarray, preds: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Sensitivity, specificity, PPV and NPV of class 1 at ``threshold`` (None where undefined)."""
-    tp = int(((preds == 1) & (labels == 1)).sum())
-    fp = int(((preds == 1) & (labels == 0)).sum())
-    tn = int(((preds == 0) & (labels == 0)).sum())
-    fn = int(((preds == 0) & (labels == 1)).sum())
+def operating_point(labels: np.ndarray, preds: np.ndarray, threshold: float,
+                    positive: int = DEFAULT_POSITIVE) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV and NPV of class ``positive`` at ``threshold`` (None where undefined)."""
+    truth, called = labels == positive, preds == positive
+    tp, fp = int((called & truth).sum()), int((called & ~truth).sum())
+    tn, fn = int((~called & ~truth).sum()), int((~called & truth).sum())
     ratio = lambda a, b: a / (a + b) if a + b else None  # noqa: E731
     return {"threshold": threshold, "sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp),
             "ppv": ratio(tp, fp), "npv": ratio(tn, fn), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
-def save(folder: Path, rule: str, threshold: float, positive_class: str) -> None:
-    write_json(folder / FILE, {"threshold": threshold, "rule": rule, "chosen_on": "valid",
-                               "positive_class": positive_class})
+def class_index(value: int | str, classes: Sequence[str], where: Path | str) -> int:
+    """A class given by name (or index) -> its index; UserError naming the choices."""
+    if isinstance(value, str) and value in classes:
+        return list(classes).index(value)
+    try:
+        index = int(value)
+    except (TypeError, ValueError):
+        index = -1
+    if not 0 <= index < len(classes):
+        raise UserError(f"{where}: positive class {value!r} is not one of {', '.join(classes)} "
+                        f"(or 0..{len(classes) - 1})")
+    return index
+
+
+def save(folder: Path, rule: str, threshold: float, positive_class: str, fitted_on: dict[str, Any]) -> None:
+    """``fitted_on``: core.fitted.provenance (checkpoints, TTA, temperature in force, split, data)."""
+    write_json(folder / FILE, {"threshold": threshold, "rule": rule, "positive_class": positive_class,
+                               "fitted_on": fitted_on})
 
 
 def load(folder: Path) -> dict[str, Any] | None:

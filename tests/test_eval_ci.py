@@ -202,6 +202,25 @@ def test_expected_calibration_error_of_known_bins() -> None:
     assert calibration.expected_calibration_error(calibration.reliability(labels, probs)) == pytest.approx(0.3)
 
 
+def test_a_fitted_setting_stops_holding_when_checkpoint_tta_data_or_temperature_change() -> None:
+    from core.fitted import mismatch, provenance
+
+    checkpoint = [{"path": "run/best.pt", "epoch": 3, "digest": "aaaa"}]
+    fitted_on = provenance(checkpoint, None, None, "valid", "data1")
+    assert mismatch(fitted_on, fitted_on, temperature=True) is None
+    copied = [{"path": "elsewhere/best.pt", "epoch": 3, "digest": "aaaa"}]  # the same bytes: still the same model
+    assert mismatch(fitted_on, provenance(copied, None, None, "valid", "data1"), temperature=True) is None
+    resumed = [{"path": "run/best.pt", "epoch": 3, "digest": "bbbb"}]
+    assert "not on run/best.pt (epoch 3, digest bbbb)" in mismatch(fitted_on, provenance(resumed, None, None, "valid",
+                                                                                          "data1"), temperature=True)
+    assert "TTA off" in mismatch(fitted_on, provenance(checkpoint, "flips+rot90", None, "valid", "data1"), True)
+    assert "images changed" in mismatch(fitted_on, provenance(checkpoint, None, None, "valid", "data2"), True)
+    calibrated = provenance(checkpoint, None, 1.7, "valid", "data1")
+    assert "temperature none (uncalibrated)" in mismatch(fitted_on, calibrated, temperature=True)
+    assert mismatch(fitted_on, calibrated, temperature=False) is None  # a temperature is fitted on raw probabilities
+    assert "older eval.py" in mismatch("valid", fitted_on, temperature=False)  # the old "fitted_on": "valid"
+
+
 def test_the_report_leads_with_labelled_test_intervals_and_puts_valid_last(tmp_path: Path) -> None:
     from core.report import read_metrics
 

@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import eval as eval_script
+import predict as predict_script
 import train as train_script
 from conftest import write_lab_dataset
 from core import threshold
+from core.checkpoint import checkpoint_digest
+from core.errors import run_cli
 from core.evaluate import SELECTED_ON_VALID
 
 TINY = ["-b", "8", "--seed", "1", "--workers", "0"]
@@ -153,3 +158,109 @@ def test_bad_evaluation_flags_are_one_line_errors(flags: list[str], message: str
     assert run_cli(eval_script.main, ["-m", str(tmp_path / "missing.pt"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def metrics(folder: Path, split: str = "valid") -> dict:
+    return json.loads((folder / f"{split}_metrics.json").read_text())
+
+
+def test_last_pt_and_tta_evaluations_go_to_their_own_folders(runs, capsys) -> None:
+    data, a, _ = runs
+    for model, flags in ((a, []), (a / "last.pt", []), (a, ["--tta"]), (a / "last.pt", ["--tta"])):
+        evaluate(model, data, None, "--split", "valid", "--bootstrap", "0", *flags)
+    seen = {}
+    rotated = "flips+rot90"  # run a trained with --augment rotate (the lab layout's default)
+    for folder, checkpoint, tta in (("eval", "best.pt", None), ("eval-last", "last.pt", None),
+                                    ("eval-tta", "best.pt", rotated), ("eval-last-tta", "last.pt", rotated)):
+        evaluated = metrics(a / folder)["evaluated"]
+        (record,) = evaluated["checkpoints"]
+        assert record["path"] == str(a / checkpoint) and record["digest"] == checkpoint_digest(a / checkpoint)
+        assert evaluated["tta"] == tta and evaluated["split"] == "valid" and evaluated["temperature"] is None
+        seen[folder] = pd.read_csv(a / folder / "valid_probs.csv")[PROBS].to_numpy()
+    assert metrics(a / "eval")["evaluated"]["checkpoints"][0]["epoch"] == 1  # best of 2 epochs, not the last
+    assert not np.allclose(seen["eval"], seen["eval-last"]) and not np.allclose(seen["eval"], seen["eval-tta"])
+    assert "TTA flips+rot90" in capsys.readouterr().out
+
+
+def copy_run(run: Path, to: Path, checkpoint: str = "best.pt") -> Path:
+    """A run folder holding ``run``'s ``checkpoint`` as its best.pt, so that default outputs land in tmp."""
+    to.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / checkpoint, to / "best.pt")
+    shutil.copy(run / "config.json", to / "config.json")
+    return to
+
+
+@pytest.mark.parametrize("first, then", [("--threshold", "--calibrate"), ("--calibrate", "--threshold")])
+def test_threshold_and_calibration_in_either_order_leave_an_operating_point_that_holds_on_valid(
+        runs, tmp_path: Path, first: str, then: str, capsys) -> None:
+    data, a, _ = runs
+    flag = {"--threshold": ["--threshold", "sens=0.9"], "--calibrate": ["--calibrate"]}
+    evaluate(a, data, tmp_path, "--split", "valid", "--bootstrap", "0", *flag[first])
+    evaluate(a, data, tmp_path, "--split", "valid", "--bootstrap", "0", *flag[then])
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "operating_point.json").read_text())
+    temperature = json.loads((tmp_path / "temperature.json").read_text())["temperature"]
+    assert abs(np.log(temperature)) > 0.01  # the calibration moved the probabilities
+    assert saved["fitted_on"]["temperature"] == pytest.approx(temperature)
+    valid = pd.read_csv(tmp_path / "valid_probs.csv")  # calibrated probabilities
+    labels = pd.read_csv(data / "valid.csv")["label"].to_numpy()
+    assert saved["threshold"] == pytest.approx(threshold.choose_threshold("sens=0.9", labels == 1,
+                                                                          valid["prob_blast"].to_numpy()), rel=1e-6)
+    assert metrics(tmp_path)["operating_point"]["sensitivity"] >= 0.9
+    assert ("choosing sens=0.9 again on these valid probabilities" in out) == (first == "--threshold")
+
+
+def test_positive_class_by_name_is_saved_with_the_operating_point_and_used_by_predict(runs, tmp_path: Path) -> None:
+    data, a, _ = runs
+    run = copy_run(a, tmp_path / "run")
+    evaluate(run, data, None, "--split", "valid", "--bootstrap", "0", "--threshold", "youden",
+             "--positive-class", "normal")
+    saved = json.loads((run / "eval" / "operating_point.json").read_text())
+    assert saved["positive_class"] == "normal"
+    valid = pd.read_csv(run / "eval" / "valid_probs.csv")
+    labels = pd.read_csv(data / "valid.csv")["label"].to_numpy()
+    cut = threshold.choose_threshold("youden", labels == 0, valid["prob_normal"].to_numpy())
+    assert saved["threshold"] == pytest.approx(cut, rel=1e-6)
+    prob_normal = valid["prob_normal"].to_numpy(np.float32)  # as computed: the threshold is one of them
+    assert (valid["pred"] == np.where(prob_normal >= np.float32(cut), 0, 1)).all()
+    op = metrics(run / "eval")["operating_point"]
+    assert op["positive_class"] == "normal" and op["tp"] == int(((valid["pred"] == 0) & (labels == 0)).sum())
+    assert predict_script.main(["-m", str(run), str(data / "valid.csv"), "-o", str(tmp_path / "p.csv"),
+                                "--device", "cpu"]) == 0
+    predicted = pd.read_csv(tmp_path / "p.csv")["prediction"]
+    assert list(predicted) == list(np.array(["normal", "blast"])[valid["pred"]])
+
+
+def test_settings_fitted_on_another_checkpoint_are_refused_by_predict_and_refitted_by_eval(
+        runs, tmp_path: Path, capsys) -> None:
+    data, a, _ = runs
+    run = copy_run(a, tmp_path / "run")
+    evaluate(run, data, None, "--split", "valid", "--bootstrap", "0", "--threshold", "youden", "--calibrate")
+    shutil.copy(a / "last.pt", run / "best.pt")  # the run's best.pt changed (a resume found a better epoch)
+    capsys.readouterr()
+    assert run_cli(predict_script.main, ["-m", str(run), str(data / "valid"), "-o", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "temperature.json: it was fitted on" in err and "not on" in err
+    evaluate(run, data, None, "--split", "valid", "--bootstrap", "0")
+    out = capsys.readouterr().out
+    assert "temperature.json: it was fitted on" in out and "fitting it again on valid" in out
+    assert "choosing youden again" in out
+    digest = checkpoint_digest(run / "best.pt")
+    for name in ("temperature.json", "operating_point.json"):
+        assert json.loads((run / "eval" / name).read_text())["fitted_on"]["checkpoints"][0]["digest"] == digest
+    assert metrics(run / "eval")["evaluated"]["checkpoints"][0]["digest"] == digest
+    assert run_cli(predict_script.main, ["-m", str(run), str(data / "valid"), "-o", str(tmp_path / "p.csv")]) == 0
+
+
+def test_tta_of_an_upright_model_uses_no_flips(runs, tmp_path: Path, capsys) -> None:
+    data, a, _ = runs
+    run = copy_run(a, tmp_path / "upright")
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["config"]["augment"] = "upright"  # as trained on chest X-rays: never saw a flip
+    torch.save(ckpt, run / "best.pt")
+    evaluate(run, data, None, "--split", "valid", "--bootstrap", "0")
+    evaluate(run, data, None, "--split", "valid", "--bootstrap", "0", "--tta")
+    assert "TTA none: --augment upright saw no flips" in capsys.readouterr().out
+    assert metrics(run / "eval-tta")["evaluated"]["tta"] == "none"
+    plain, tta = (pd.read_csv(run / d / "valid_probs.csv")[PROBS].to_numpy() for d in ("eval", "eval-tta"))
+    np.testing.assert_array_equal(tta, plain)

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import eval as eval_script
 import export as export_script
 import predict as predict_script
 import train as train_script
@@ -102,3 +104,43 @@ def test_a_missing_onnxruntime_is_one_line(exported: tuple[Path, str], monkeypat
     assert err.startswith("error: export.py --format onnx needs the optional package 'onnxruntime'")
     assert "pip install -r requirements-extras.txt" in err and "\n" not in err
     assert not (run / "none.onnx").exists()
+
+
+def test_onnx_with_the_exported_temperature_and_threshold_decides_as_eval_py(exported: tuple[Path, str], lab: Path,
+                                                                            tmp_path: Path) -> None:
+    import torch
+
+    from core.engine import Runtime
+    from core.ensemble import load_member
+    from core.export import preprocess_info
+
+    run, _ = exported
+    copy = tmp_path / "run"  # eval.py's settings land in copy/eval/, not in the run the other tests share
+    copy.mkdir()
+    for name in ("best.pt", "config.json"):
+        shutil.copy(run / name, copy / name)
+    assert eval_script.main(["-m", str(copy), "--data", str(lab), "--split", "valid", "test", "-c", "--bootstrap", "0",
+                             "--calibrate", "--threshold", "youden"]) == 0
+    # export.py's JSON for the copy, beside the model exported from the same weights (exporting again takes ~10 s)
+    info = preprocess_info(load_member(copy, Runtime(torch.device("cpu"))), opset=0)
+    (copy / "export").mkdir()
+    shutil.copy(run / "export" / "resnet18.onnx", copy / "export" / "resnet18.onnx")
+    (copy / "export" / "resnet18.json").write_text(json.dumps(info))
+    temperature = json.loads((copy / "eval" / "temperature.json").read_text())["temperature"]
+    cut = json.loads((copy / "eval" / "operating_point.json").read_text())["threshold"]
+    assert info["temperature"] == temperature and abs(np.log(temperature)) > 0.05
+    assert info["threshold"] == {"value": cut, "positive_index": 1, "positive_class": "blast"}
+    evaluated = pd.concat([pd.read_csv(copy / "eval" / f) for f in ("valid_probs.csv", "resnet_18_test_probs.csv")])
+    code = readme_example()
+    compared = 0
+    for image, prob_blast, pred in zip(evaluated["ID"], evaluated["prob_blast"], evaluated["pred"]):
+        code_here = re.sub(r'model, image = .*', f'model, image = {str(copy / "export" / "resnet18.onnx")!r}, '
+                                                  f'{str(lab.parent / image)!r}', code)
+        scope: dict = {}
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(code_here, "README.md example", "exec"), scope)
+        assert scope["p"][1] == pytest.approx(prob_blast, abs=1e-4)
+        if abs(prob_blast - cut) > 1e-4:  # the image the threshold was chosen at sits on it: float rounding decides
+            assert scope["k"] == pred
+            compared += 1
+    assert compared >= len(evaluated) - 1

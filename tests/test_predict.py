@@ -14,6 +14,7 @@ import eval as eval_script
 import predict as predict_script
 import train as train_script
 from conftest import write_lab_dataset
+from core import fitted, threshold
 from core.errors import run_cli
 
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "1", "--workers", "0"]
@@ -37,6 +38,11 @@ def run(lab: Path) -> Path:
 
 def probs_of(table: pd.DataFrame) -> np.ndarray:
     return table[[c for c in table.columns if c.startswith("prob_")]].to_numpy(dtype=float)
+
+
+def fitted_on(checkpoint: Path, tta: str | None = None, temperature: float | None = None) -> dict:
+    """What eval.py records for a setting fitted on valid with ``checkpoint``."""
+    return fitted.provenance(fitted.checkpoint_records([(checkpoint, 1)]), tta, temperature, "valid", None)
 
 
 def predict(*argv: str) -> tuple[int, pd.DataFrame]:
@@ -102,7 +108,7 @@ def test_the_saved_operating_point_decides_unless_threshold_is_given(run: Path, 
     (run / "eval").mkdir(exist_ok=True)
     point = run / "eval" / "operating_point.json"
     try:
-        point.write_text(json.dumps({"threshold": 0.0, "positive_class": "normal"}))
+        threshold.save(run / "eval", "0.0", 0.0, "normal", fitted_on(run / "best.pt"))
         _, table = predict("-m", str(run), str(lab / "valid"), "-o", str(tmp_path / "a.csv"), "--device", "cpu")
         assert (table["prediction"] == "normal").all()  # p >= 0 always holds
         _, table = predict("-m", str(run), str(lab / "valid"), "-o", str(tmp_path / "b.csv"), "--device", "cpu",
