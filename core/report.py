@@ -204,8 +204,8 @@ def interval(entry: Any) -> tuple[Any, list[float] | None]:
 
 
 def clinical_lines(r: RunReport | EnsembleReport) -> list[str]:
-    """Per split: the operating point and the calibration error, where eval.py wrote them."""
-    lines = []
+    """train.py's data audit, and per split: the operating point and the calibration error, where eval.py wrote them."""
+    lines = audit_line(r.path)
     for split, m in r.metrics.items():
         op, cal = m.get("operating_point"), m.get("calibration")
         parts = []
@@ -224,6 +224,13 @@ def clinical_lines(r: RunReport | EnsembleReport) -> list[str]:
         if parts:
             lines.append(f"{split}: " + "; ".join(parts))
     return lines
+
+
+def audit_line(run: Path) -> list[str]:
+    try:
+        return [f"data {json.loads((run / 'audit.json').read_text())['summary']}"]  # written by data.audit
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def show(value: Any) -> str:
