@@ -8,7 +8,9 @@
 Sections: models (training-step img/s, ours vs torchvision), pipeline (the seeds' PIL way vs our
 cache + BatchTransform), train (end-to-end epochs through train.py's functions on a generated demo
 set, or --data), eval (engine.predict over the valid split), memory (peak and growth during train),
-lab (train.py's fit() with validation and checkpoints; where the wall time goes, from timing.json).
+lab (train.py's fit() with validation and checkpoints; where the wall time goes, from timing.json),
+audit (audit.py on 10,661 synthetic 450 px cells, cold and remembered, and its near-copy search over
+100,000 hashes; writing the images alone takes minutes on 2 cores: --audit-images N for fewer).
 Every result goes to --json with the device, library versions, threads, date and load average.
 
 Default sizes: see SIZES. On the CPU they keep a full run near 10 minutes on 2 cores: 224 px;
@@ -53,6 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="demo training images, or the first N of --data (default: CPU 128, CUDA 7995)")
     p.add_argument("--valid-images", type=int,
                    help="demo valid images, or the first N of --data (default: CPU 64, CUDA 1067)")
+    p.add_argument("--audit-images", type=int,
+                   help="audit section: synthetic 450 px images (default 10,661, the C-NMC count; quick 48)")
     p.add_argument("--data", type=Path, help="use this data set (any layout train.py reads) instead of a generated one")
     p.add_argument("--workers", type=int, default=-1, help="loader processes (default as train.py: CPU 0, GPU 4)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models in train and eval")
@@ -77,9 +81,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     given = {"image_size": args.image_size, "models": tuple(args.models or ()) or None,
              "model_batch_size": args.model_batch_size, "repeats": args.repeats,
              "train_models": tuple(args.train_models or ()) or None, "batch_size": args.batch_size,
-             "epochs": args.epochs, "train_images": args.train_images, "valid_images": args.valid_images}
+             "epochs": args.epochs, "train_images": args.train_images, "valid_images": args.valid_images,
+             "audit_images": args.audit_images}
     sizes = replace(SIZES[kind], **{k: v for k, v in given.items() if v is not None})
-    for flag in ("model_batch_size", "repeats", "batch_size", "epochs", "train_images", "valid_images"):
+    for flag in ("model_batch_size", "repeats", "batch_size", "epochs", "train_images", "valid_images",
+                 "audit_images"):
         if getattr(sizes, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(sizes, flag)})")
     if not 32 <= sizes.image_size <= 1024:
@@ -97,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(get_args_parser().parse_args(argv))
     import torch  # after parsing, so that --help is instant
 
-    from core.bench.suite import (check_targets, describe_machine, format_targets, machine_info, plain,
+    from core.bench.suite import (check_targets, describe_machine, format_targets, machine_info, plain, run_audit,
                                   run_end_to_end, run_models, run_pipeline, timed_section)
     from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
     from core.runs import write_json
@@ -116,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["pipeline"] = timed_section(lambda: run_pipeline(cfg.sizes, cfg.threads, cfg.work_dir))
         if {"train", "eval", "memory", "lab"} & set(cfg.sections):
             report.update(run_end_to_end(cfg, rt))
+        if "audit" in cfg.sections:
+            report["audit"] = timed_section(lambda: run_audit(cfg.sizes, cfg.work_dir))
     except torch.OutOfMemoryError:
         raise UserError(out_of_memory_message(cfg.sizes.batch_size, cfg.sizes.image_size)) from None
     report["targets"] = check_targets(report, device.type, cfg.sizes.image_size)

@@ -59,6 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(exit 2) and the same settings are a no-op (exit 0); non-demo folders are never touched")
     parser.add_argument("--workers", type=int, default=min(2, multiprocessing.cpu_count()),
                         help="processes drawing images (default: min(2, CPUs))")
+    parser.add_argument("--samples-figure", type=Path, metavar="PNG",
+                        help="instead of a data set, draw a figure of sample images (docs/demo_samples.png)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
 
@@ -68,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from data.demo import generate, make_settings  # numpy, pandas, PIL: after parsing, so --help is instant
 
+    if args.samples_figure:
+        from data.demo.samples import save_samples_figure
+
+        save_samples_figure(args.samples_figure, args.seed)
+        print(f"sample images -> {args.samples_figure}")
+        return 0
     settings = make_settings(args.task, args.out, args.seed, args.image_size,
                              (args.train, args.valid, args.test), args.force, args.workers)
     start = time.perf_counter()

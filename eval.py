@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                predict_split)
     from core.evaluate import EvalSettings, write_split
     from core.hardware import make_runtime, pick_device
-    from core.runs import pick_run, write_json
+    from core.runs import pick_run, staged_folder, write_json
     import data
 
     specs = [pick_run(p) for p in args.model_path]  # 'latest' or a folder of runs -> one run, said once
@@ -124,8 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     tta = ensemble_tta(members, args.tta)
     print(f"{title} from {', '.join(str(m.path) for m in members)} (epoch "
           f"{', '.join(str(m.epoch) for m in members)}) on {device}; {tta_line(tta, members)}; outputs in {out}/")
-    if len(members) > 1:
-        write_json(out / "ensemble.json", {"name": name, "members": describe(members)})
     splits = choose_splits(source, args.split, first.arch)
     if cv_dir:  # train and valid are pooled into the folds: every image there trained K-1 of the models
         splits = [s for s in splits if s.name not in ("train", "valid")]
@@ -139,16 +137,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoints = fitted.checkpoint_records([(m.path, m.epoch) for m in members])
     temperature, point = fitted_settings(source, predicted, out, classes, checkpoints, tta, args.calibrate, rule,
                                          positive)
-    settings = EvalSettings(out, classes, name, title, point and point.threshold, temperature, args.bootstrap,
-                            args.seed, point.positive if point else threshold.DEFAULT_POSITIVE,
-                            {"checkpoints": checkpoints, "tta": tta, "temperature": temperature})
-    for split in splits:
-        probs, labels = predicted[split.name]
-        if temperature:
-            probs = calibration.scale(probs, temperature)
-        write_split(split, probs, labels, settings)
-        if args.cam and split.labels is not None:
-            cam_grid(members, split, probs, args.cam, options.cache_dir, out)
+    with staged_folder(out) as stage:  # a failure leaves the earlier outputs in ``out`` as they were
+        if len(members) > 1:
+            write_json(stage / "ensemble.json", {"name": name, "members": describe(members)})
+        settings = EvalSettings(stage, classes, name, title, point and point.threshold, temperature, args.bootstrap,
+                                args.seed, point.positive if point else threshold.DEFAULT_POSITIVE,
+                                {"checkpoints": checkpoints, "tta": tta, "temperature": temperature})
+        for split in splits:
+            probs, labels = predicted[split.name]
+            if temperature:
+                probs = calibration.scale(probs, temperature)
+            write_split(split, probs, labels, settings)
+            if args.cam and split.labels is not None:
+                cam_grid(members, split, probs, args.cam, options.cache_dir, stage)
+    print(f"outputs -> {out}/")
     return 0
 
 
@@ -218,7 +220,7 @@ def cam_grid(members: list, split: data.Split, probs: np.ndarray, count: int, ca
     dataset = data.ImageDataset(split, member.prep, cache_dir)
     grid = save_cam_grid(member.model, dataset, probs, member.classes, count,
                          out / f"{split.name}_gradcam.png", f"{display_name(member.arch)} - {split.name}")
-    print(f"{split.name}: Grad-CAM grid -> {grid}")
+    print(f"{split.name}: Grad-CAM grid {grid.name}")
 
 
 def device_name(use_device: str | None) -> str:

@@ -26,7 +26,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from core.plots import plot_confusions, plot_curves, summary  # matplotlib and pandas: after parsing
+    from core.plots import confusion_panels, plot_confusions, plot_curves, summary  # matplotlib: after parsing
     from core.runs import find_runs, output_folder
 
     runs = find_runs([Path(f) for f in args.folder])
@@ -37,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_curves(runs, args.metric, args.title, curves)
     print(f"{args.metric} curves -> {curves}")
     matrices = out / f"confusion_matrices.{args.format}"
-    if plot_confusions(runs, matrices):
+    panels = confusion_panels(runs)
+    for panel in (p for p in panels if p.stale):
+        print(f"{panel.run}: valid evaluation is stale ({panel.stale}); refresh: {panel.refresh}")
+    if panels:
+        plot_confusions(panels, matrices)
         print(f"confusion matrices -> {matrices}")
     return 0
 

@@ -5,11 +5,14 @@
     python predict.py -m storage/ResNet18-... -m storage/ResNet50-... cells/ --tta --cam   # ensemble, Grad-CAM
 
 An image that cannot be read gets a row with its error and no prediction; the exit status is
-then 1 (0 when every image was predicted).
+then 1 (0 when every image was predicted). When no image at all could be predicted, or the run fails,
+nothing is written: an earlier predictions CSV and its Grad-CAM overlays stay as they were.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core import predict
     from core.ensemble import ensemble_tta, load_members
     from core.hardware import make_runtime, pick_device
-    from core.runs import write_text_atomic
+    from core.runs import staged_folder, write_text_atomic
     from models import display_name
 
     rt = make_runtime(pick_device(args.device), amp=None, channels_last=None)
@@ -65,10 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
           + (f"; {threshold.source}: {classes[threshold.positive]} if p >= {threshold.value:g}" if threshold else ""))
     if temperature:
         print(f"calibrated as eval.py: temperature {temperature:.3f}")
-    options = predict.PredictOptions(args.batch_size, args.tta, threshold, cam_dir, temperature)
-    table = predict.predict_items(members, items, options, rt)
+    with ExitStack() as stack:  # overlays go to a temporary folder, moved into cam_dir only at the end
+        staged = stack.enter_context(staged_folder(cam_dir)) if cam_dir else None
+        options = predict.PredictOptions(args.batch_size, args.tta, threshold, staged, temperature)
+        table = predict.predict_items(members, items, options, rt)
+        print(predict.summary(table, classes))
+        if (table["error"] != "").all():  # nothing predicted: keep the earlier outputs
+            print(f"no image could be predicted: nothing written ({output} left as it was)", file=sys.stderr)
+            return 1
+        if staged:
+            table["cam"] = [str(cam_dir / Path(p).name) if p else "" for p in table["cam"]]
     write_text_atomic(output, table.to_csv(index=False))
-    print(predict.summary(table, classes))
     print(f"predictions -> {output}" + (f"; Grad-CAM overlays -> {cam_dir}/" if cam_dir else ""))
     return 1 if (table["error"] != "").any() else 0
 

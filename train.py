@@ -80,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="torch.compile mode (implies --compile): default, reduce-overhead (CUDA graphs), "
                         "max-autotune (longest start)")
     p.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across GPUs (torchrun)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="train without the images that cannot be decoded (listed in <run>/unreadable.csv) "
+                        "instead of stopping with their names")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="decode images on every access instead of the decode-once cache in <out>/cache/")
     p.add_argument("--out", default="storage", help="where run folders go (default storage/)")
@@ -160,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(line)
             check_writable(Path(cfg.out))
         source = open_source(cfg, run_folder(resume) if ckpt else None, args.accept_data_change)
+        source = screen_unreadable(source, cfg, args.skip_unreadable, dist)
         if dist.is_main:
             print(f"data: {source.root} ({source.layout} layout, {len(source.splits['train'])} train / "
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"
@@ -177,6 +181,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         distributed.shutdown(dist)
     return 0
+
+
+def screen_unreadable(source: data.DataSource, cfg: TrainConfig, skip: bool, dist: Any) -> data.DataSource:
+    """Every unreadable train/valid image named at once, before any long work (the main process decodes)."""
+    from core import distributed
+    from core.progress import progress
+    from data.scan import screen_unreadable as screen
+
+    found = None
+    if dist.is_main:
+        bar = lambda total: progress(total, "checking images", "img")  # noqa: E731
+        found = screen(source, Path(cfg.out) / "cache" if cfg.cache else None, skip, bar)
+    return distributed.broadcast_object(found, dist)
 
 
 def open_source(cfg: TrainConfig, run_dir: Path | None, accept_change: bool) -> data.DataSource:

@@ -139,8 +139,9 @@ def train_one_epoch(learner: Learner, loader: Iterable, epoch: int, sums: EpochS
     learner.model.train()
     steps, start = len(loader), sums.step
     t0 = time.perf_counter() - sums.seconds
-    with progress(steps, f"epoch {epoch}", "batch", show=learner.show_progress, transient=True,
-                  initial=start) as bar:
+    so_far = lambda: {"loss": f"{sums.loss.item() / max(sums.seen.item(), 1):.4f}"}  # noqa: E731 (a host sync)
+    with progress(steps, f"epoch {epoch}", "step", show=learner.show_progress, transient=True, initial=start,
+                  per_step=batch_size(loader), status=so_far) as bar:
         for step, (images, labels) in enumerate(loader, start=start):
             for group in learner.optimizer.param_groups:
                 group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
@@ -155,6 +156,12 @@ def train_one_epoch(learner: Learner, loader: Iterable, epoch: int, sums: EpochS
             if after_step(step + 1, sums):
                 return False
     return True
+
+
+def batch_size(loader: Iterable) -> int | None:
+    """Images in a full batch of ``loader`` (a BatchLoader or DataLoader), if it says."""
+    sampler = getattr(loader, "sampler", None)
+    return getattr(loader, "batch_size", None) or getattr(sampler, "batch_size", None)
 
 
 def check_finite(sums: EpochSums, epoch: int) -> None:
@@ -199,7 +206,7 @@ def predict(model: torch.nn.Module, loader: Iterable, transform: torch.nn.Module
     """Softmax probabilities (N x C) and the loader's labels, in loader order."""
     model.eval()
     probs, labels = [], []
-    for images, y in track(loader, len(loader), "predict", "batch", show=show):
+    for images, y in track(loader, len(loader), "predict", "batch", show=show, per_step=batch_size(loader)):
         probs.append(forward(model, rt.inputs(images, transform), rt, tta).softmax(1).cpu())
         labels.append(y)
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()

@@ -1,6 +1,7 @@
 """Evaluation figures: ROC + precision-recall with the operating point, one-vs-rest ROC, reliability."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
+
+from core.metrics import wrap_title  # noqa: E402
 
 
 def save_curves_png(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], op: dict[str, Any] | None,
@@ -35,7 +38,7 @@ def save_curves_png(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str
             if 0 < (labels == i).sum() < len(labels):
                 _roc(roc_ax, labels == i, probs[:, i], f"{name} vs rest")
         roc_ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 72 / (0.6 * 11))), fontsize=11)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return True
@@ -59,15 +62,26 @@ def _precision_recall(ax: plt.Axes, positive: np.ndarray, scores: np.ndarray, na
     ax.grid(alpha=0.3)
 
 
-def save_reliability_png(bins: dict[str, list[float]], ece: float, title: str, path: Path) -> None:
-    """Accuracy against mean confidence per bin (bar width: the bin), the diagonal, and the ECE."""
+def save_reliability_png(bins: dict[str, list[float]], ece: float, title: str, path: Path,
+                         images: int | None = None) -> None:
+    """Accuracy against mean confidence per bin, each bin a dot whose area is its share of the ``images``
+    (count written beside it), so that a bin of one or two images cannot dominate; the diagonal, the ECE,
+    and grey bars for the share of images."""
     fig, ax = plt.subplots(figsize=(5, 4.6), layout="constrained")
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1, label="perfectly calibrated")
-    ax.plot(bins["confidence"], bins["accuracy"], "o-", label=f"model (ECE {ece:.3f})")
-    for x, share in zip(bins["confidence"], bins["share"]):
-        ax.bar(x, share, width=0.04, color="tab:grey", alpha=0.35)  # how many images each bin holds
+    share = np.asarray(bins["share"], dtype=float)
+    ax.plot(bins["confidence"], bins["accuracy"], "-", color="tab:blue", linewidth=0.8, alpha=0.4)
+    ax.scatter(bins["confidence"], bins["accuracy"], s=12 + 400 * share, color="tab:blue", alpha=0.8, zorder=3,
+               label=f"model (ECE {ece:.3f}); dot area: images in the bin")
+    if images:
+        for x, y, part in zip(bins["confidence"], bins["accuracy"], share):
+            ax.annotate(f"{round(part * images)}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7,
+                        color="tab:blue")
+    for x, part in zip(bins["confidence"], share):
+        ax.bar(x, part, width=0.04, color="tab:grey", alpha=0.35)  # how many images each bin holds
     ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy; bars: share of images",
-           xlim=(0, 1.01), ylim=(0, 1.01), title=title)
+           xlim=(0, 1.01), ylim=(0, 1.05))
+    ax.set_title(wrap_title(title, ax, 10), fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=130)

@@ -7,7 +7,9 @@ of which unit (``patients`` or ``images``); ``patients`` holds the same metrics 
 file names carry patient ids (``rule``: how a patient's label and prediction are made, core/patients.py);
 ``operating_point`` (two classes: ``threshold``, ``positive_class``, sensitivity, ...) and ``calibration``
 as named; ``evaluated`` (core.fitted.provenance): the checkpoints (path, epoch, digest), the TTA used
-(null: off; ``flips+rot90``, ``none``), the temperature applied, the split and its data fingerprint.
+(null: off; ``flips+rot90``, ``none``), the temperature applied, the split and its data fingerprint;
+``baseline_accuracy`` (always answering ``baseline_class``, the split's most frequent class) and
+``not_better_than_baseline`` (the accuracy's interval does not clear it), core/baseline.py.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core import calibration, threshold
+from core.baseline import baseline_note, majority_baseline
 from core.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
 from core.evalfigures import save_curves_png, save_reliability_png
 from core.metrics import classification_metrics, confusion, save_confusion_png
@@ -62,7 +65,7 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
     if split.name not in ("train", "valid"):
         submission = submission_path(s.out, split.name, s.run_name)
         write_text_atomic(submission, pd.DataFrame({"ID": split.ids, "label": preds}).to_csv(index=False))
-        print(f"{split.name}: Kaggle submission ({len(preds)} rows) -> {submission}")
+        print(f"{split.name}: Kaggle submission ({len(preds)} rows) {submission.name}")
     if split.labels is None:
         return None
     found = split_patients(split)
@@ -98,6 +101,7 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
     point = {k: m[k] for k in INTERVAL_METRICS if k in m}
     intervals = bootstrap_ci(plan, labels, probs, preds, standard_metrics(len(s.classes))) if s.resamples else {}
     m.update(with_intervals(point, intervals))
+    m.update(majority_baseline(labels, s.classes, m["accuracy"]))
     m["bootstrap"] = {"resamples": s.resamples, "unit": plan.unit, "seed": s.seed}
     if len(s.classes) == 2:
         cut = threshold.DEFAULT if s.threshold is None else s.threshold
@@ -135,7 +139,7 @@ def write_figures(split_name: str, labels: np.ndarray, probs: np.ndarray, m: dic
         classes = s.classes
     save_curves_png(labels, probs, classes, m.get("operating_point"), title, s.out / f"{split_name}_roc.png")
     save_reliability_png(m["calibration"]["bins"], m["calibration"]["ece"], f"{title}: reliability",
-                         s.out / f"{split_name}_reliability.png")
+                         s.out / f"{split_name}_reliability.png", images=len(labels))
 
 
 def format_interval(entry: dict[str, Any], percent: bool) -> str:
@@ -152,7 +156,7 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
     """The terminal summary: metrics with 95% intervals, operating point, calibration, patients, classes."""
     b = m["bootstrap"]
     how = f"95% intervals: {b['resamples']} bootstrap resamples of {b['unit']}" if b["resamples"] else "no intervals"
-    lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m)]
+    lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m), "  " + baseline_note(m)]
     if b.get("note"):
         lines.append(f"  note: {b['note']}")
     op = m.get("operating_point")

@@ -1,6 +1,7 @@
 """Classification metrics and the confusion-matrix figure (scikit-learn + matplotlib)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,12 +71,18 @@ def draw_confusion(ax: plt.Axes, counts: np.ndarray, normalised: np.ndarray, cla
     ax.set_yticks(ticks, labels=classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(wrap_title(title, ax, 10), fontsize=10)
     for i in ticks:
         for j in ticks:
             dark = normalised[i, j] > 0.5
             ax.text(j, i, f"{normalised[i, j]:.1%}\n({counts[i, j]})", ha="center", va="center",
                     fontsize=9 if len(classes) <= 3 else 7, color="white" if dark else "black")
+
+
+def wrap_title(title: str, ax: plt.Axes, fontsize: float) -> str:
+    """``title`` wrapped to the width of ``ax`` (long run and ensemble names would be clipped)."""
+    inches = ax.get_position().width * ax.figure.get_figwidth()
+    return textwrap.fill(title, max(16, int(inches * 72 / (0.6 * fontsize))))
 
 
 def save_confusion_png(counts: np.ndarray, normalised: np.ndarray, classes: Sequence[str], title: str, path: Path) -> None:

@@ -1,6 +1,13 @@
-"""Figures that compare runs: accuracy (or loss) curves per epoch and confusion matrices side by side."""
+"""Figures that compare runs: accuracy (or loss) curves per epoch and confusion matrices side by side.
+
+Runs are told apart by their folder names and by colour (one per run, the same in every figure),
+never by architecture alone: two ResNet18 runs are two entries.
+"""
 from __future__ import annotations
 
+import json
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -12,11 +19,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from core.errors import UserError  # noqa: E402
+from core.freshness import refresh_command, stale_reasons  # noqa: E402
 from core.metrics import draw_confusion, normalise_rows  # noqa: E402
 from core.runs import is_cv_run, read_config, read_confusion, read_history  # noqa: E402
-
-ARCH_COLOURS = {"resnet18": "tab:blue", "resnet34": "tab:green", "resnet50": "tab:orange",
-                "resnet101": "tab:purple", "resnet152": "tab:red"}
 
 
 def run_label(run: Path) -> tuple[str, str, bool]:
@@ -25,6 +30,17 @@ def run_label(run: Path) -> tuple[str, str, bool]:
     arch = cfg.get("arch") or run.name.split("-")[0].lower()
     pretrained = bool(cfg.get("pretrained"))
     return arch, (cfg.get("model") or arch) + (" pretrained" if pretrained else ""), pretrained
+
+
+def run_name(run: Path) -> str:
+    """What a figure calls a run: its folder name, with the model where the name does not say it."""
+    _, model, _ = run_label(run)
+    return run.name if model.split()[0].lower() in run.name.lower() else f"{run.name} ({model})"
+
+
+def run_colour(index: int) -> str:
+    """The colour of the ``index``-th run given (matplotlib's ten-colour cycle)."""
+    return f"C{index % 10}"
 
 
 def summary(runs: list[Path]) -> pd.DataFrame:
@@ -41,55 +57,96 @@ def summary(runs: list[Path]) -> pd.DataFrame:
 
 
 def plot_curves(runs: list[Path], metric: str, title: str | None, path: Path) -> None:
-    """Train solid, valid dashed, one colour per architecture; pretrained runs marked with dots."""
+    """Train solid, valid dashed, one colour per run, a dot per epoch (a one-epoch run is a visible point);
+    a CV run's fold spread shaded (a bar at a single epoch)."""
     col = "acc" if metric == "accuracy" else "loss"
     fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
-    seen: dict[str, int] = {}
     histories = [(run, read_history(run)) for run in runs]
     if not any(len(h) for _, h in histories):
         raise UserError("none of the runs has finished an epoch yet; nothing to plot")
-    for run, h in histories:
+    for index, (run, h) in enumerate(histories):
         if not len(h):
             continue
-        arch, name, pretrained = run_label(run)
-        repeat = seen[name] = seen.get(name, 0) + 1
-        label = name if repeat == 1 else f"{name} ({run.name})"
-        colour = ARCH_COLOURS.get(arch, None)
-        style = {"color": colour, "marker": "o" if pretrained else None, "markersize": 3,
-                 "alpha": 1.0 if repeat == 1 else 0.6}
+        label, colour = run_name(run), run_colour(index)
+        style = {"color": colour, "marker": "o", "markersize": 6 if len(h) == 1 else 3}
         best = h["valid_acc"].idxmax()
         ax.plot(h["epoch"], h[f"train_{col}"], linestyle="-", label=f"{label} train", **style)
-        ax.plot(h["epoch"], h[f"valid_{col}"], linestyle="--",
+        ax.plot(h["epoch"], h[f"valid_{col}"], linestyle="--", markerfacecolor="white",
                 label=f"{label} valid (best {h['valid_acc'][best]:.2%} @ {int(h['epoch'][best])})", **style)
-        if is_cv_run(run):  # the curves are means over folds (core/cvsummary.cv_history); shade min to max
-            ax.fill_between(h["epoch"], h[f"valid_{col}_min"], h[f"valid_{col}_max"], color=colour, alpha=0.15,
-                            label=f"{label} valid, min-max over {int(h['folds'].max())} folds")
+        if is_cv_run(run):  # the curves are means over folds (core/cvsummary.cv_history); show min to max
+            spread = f"{label} valid, min-max over {int(h['folds'].max())} folds"
+            low, high = h[f"valid_{col}_min"], h[f"valid_{col}_max"]
+            if len(h) == 1:
+                mean = h[f"valid_{col}"]
+                ax.errorbar(h["epoch"], mean, yerr=[mean - low, high - mean], fmt="none", ecolor=colour, capsize=6,
+                            alpha=0.5, label=spread)
+            else:
+                ax.fill_between(h["epoch"], low, high, color=colour, alpha=0.15, label=spread)
+    last = max(int(h["epoch"].max()) for _, h in histories if len(h))
+    ax.set_xlim(0.5, last + 0.5)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     if metric == "accuracy":
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    if last <= 20:
+        ax.set_xticks(range(1, last + 1))
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{metric.capitalize()} per epoch (solid: train, dashed: valid)")
-    ax.legend(fontsize=8, loc="lower right" if metric == "accuracy" else "upper right")
+    ax.legend(fontsize=8, loc="best")
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-def plot_confusions(runs: list[Path], path: Path) -> bool:
-    """The valid confusion matrices that eval.py left in the runs, side by side; False if none."""
-    found = []
+@dataclass(frozen=True)
+class ConfusionPanel:
+    """A run's valid confusion matrix as eval.py left it, or why it is not shown (a stale evaluation)."""
+
+    run: Path
+    name: str
+    counts: np.ndarray | None = None
+    classes: tuple[str, ...] = ()
+    stale: str = ""  # why the evaluation does not belong to the run's current best.pt
+
+    @property
+    def refresh(self) -> str:
+        return refresh_command(self.run, "valid")
+
+
+def confusion_panels(runs: list[Path]) -> list[ConfusionPanel]:
+    """One panel per run that eval.py evaluated on valid; stale evaluations carry their reason instead."""
+    panels = []
     for run in runs:
         csv = run / "eval" / "valid_confusion.csv"
-        if csv.is_file():
-            found.append((run_label(run)[1], *read_confusion(csv)))
-    if not found:
-        return False
-    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 4.2), layout="constrained", squeeze=False)
-    for ax, (name, counts, classes) in zip(axes[0], found):
-        normalised = normalise_rows(counts)
-        accuracy = np.trace(counts) / max(counts.sum(), 1)
-        draw_confusion(ax, counts, normalised, classes, f"{name}: valid accuracy {accuracy:.2%}")
+        if not csv.is_file():
+            continue
+        metrics_file = run / "eval" / "valid_metrics.json"
+        try:
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            metrics = {}  # counts as evaluated before provenance was recorded
+        stale = stale_reasons(run, {"valid": metrics if isinstance(metrics, dict) else {}}).get("valid", "")
+        if stale:
+            panels.append(ConfusionPanel(run, run_name(run), stale=stale))
+        else:
+            counts, classes = read_confusion(csv)
+            panels.append(ConfusionPanel(run, run_name(run), counts, tuple(classes)))
+    return panels
+
+
+def plot_confusions(panels: list[ConfusionPanel], path: Path) -> None:
+    """The panels side by side, each titled by its run; a stale one says so and how to refresh it."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), layout="constrained", squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel.stale:
+            ax.axis("off")
+            text = "\n\n".join(textwrap.fill(part, 40) for part in
+                               (panel.name, f"stale evaluation: {panel.stale}", f"refresh: {panel.refresh}"))
+            ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="#7d4e00", wrap=True)
+            continue
+        accuracy = np.trace(panel.counts) / max(panel.counts.sum(), 1)
+        draw_confusion(ax, panel.counts, normalise_rows(panel.counts), panel.classes,
+                       f"{panel.name}: valid accuracy {accuracy:.2%}")
     fig.savefig(path, dpi=130)
     plt.close(fig)
-    return True

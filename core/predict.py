@@ -193,7 +193,7 @@ def predict_items(members: Sequence[Member], items: Sequence[Item], options: Pre
     preps = {pixel_key(m.prep): m.prep for m in members}  # members with the same pixel settings share a decoding
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         chunks = list(batches(items, options.batch_size))
-        for start, chunk in track(chunks, len(chunks), "predict", "batch"):
+        for start, chunk in track(chunks, len(chunks), "predict", "batch", per_step=options.batch_size):
             decoded = {key: decode(chunk, prep, pool) for key, prep in preps.items()}
             for _, _, failed in decoded.values():
                 for i, message in failed.items():

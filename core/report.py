@@ -7,15 +7,17 @@ import json
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from core.baseline import baseline_note
 from core.errors import UserError
+from core.evalfolder import EnsembleReport, run_evaluations
 from core.cvsummary import report_table as cv_table
-from core.plots import plot_confusions, plot_curves
+from core.plots import confusion_panels, plot_confusions, plot_curves
 from core.runs import is_cv_run, read_config, read_history
 
 # config.json key -> train.py flag, in the order a person would write them
@@ -65,12 +67,13 @@ class RunReport:
     learning_rate: Any
     best_acc: float | None
     best_epoch: int | None
-    metrics: dict[str, dict[str, Any]]  # split -> eval/<split>_metrics.json, test splits first, valid last
+    metrics: dict[str, dict[str, Any]]  # "valid", "test (TTA)", ... -> eval*/<split>_metrics.json (current ones)
     figures: list[tuple[str, Path]]  # (caption, PNG): Grad-CAM grids and non-valid confusion matrices
     train_command: str
     command_rebuilt: bool  # True when config.json had no "command"
     eval_command: str
     augment: str = "rotate"  # the augmentation policy (runs from before --augment all rotated)
+    stale: dict[str, str] = field(default_factory=dict)  # split -> why its evaluation is not current (run: command)
 
 
 def describe_run(run: Path) -> RunReport:
@@ -79,6 +82,7 @@ def describe_run(run: Path) -> RunReport:
     history = read_history(run)
     best = history["valid_acc"].idxmax() if len(history) else None
     command = cfg.get("command")
+    evaluations = run_evaluations(run)
     return RunReport(
         path=run, model=cfg.get("model") or cfg.get("arch") or run.name.split("-")[0],
         pretrained=str(cfg.get("pretrained") or "no"),
@@ -86,34 +90,11 @@ def describe_run(run: Path) -> RunReport:
         optimizer=cfg.get("optimizer"), learning_rate=cfg.get("learning_rate"),
         best_acc=float(history["valid_acc"][best]) if best is not None else None,
         best_epoch=int(history["epoch"][best]) if best is not None else None,
-        metrics=read_metrics(run / "eval"), figures=eval_figures(run / "eval"),
+        metrics=evaluations.metrics, figures=evaluations.figures,
         train_command=command or train_command(cfg, run), command_rebuilt=not command,
         eval_command=eval_command(run),
-        augment=str(cfg.get("augment") or "rotate") + (" + EMA" if cfg.get("ema") else ""))
-
-
-def read_metrics(folder: Path) -> dict[str, dict[str, Any]]:
-    """eval.py's <split>_metrics.json files, valid last; UserError naming an unreadable one."""
-    found = {}
-    for path in sorted(folder.glob("*_metrics.json")):
-        try:
-            found[path.name.removesuffix("_metrics.json")] = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: cannot read the metrics ({exc.__class__.__name__}); "
-                            f"run eval.py again to rewrite it") from None
-    return dict(sorted(found.items(), key=lambda item: item[0] == "valid"))  # labelled test splits are the headline
-
-
-def eval_figures(folder: Path) -> list[tuple[str, Path]]:
-    """ROC and reliability figures and Grad-CAM grids of every split, and the confusion matrices of splits
-    other than valid (plot.py draws those)."""
-    valid_first = lambda p: (not p.name.startswith("valid_"), p.name)  # noqa: E731
-    cams = [(f"{kind} - {p.name.removesuffix(suffix)}", p)
-            for suffix, kind in (("_roc.png", "ROC"), ("_reliability.png", "reliability"), ("_gradcam.png", "Grad-CAM"))
-            for p in sorted(folder.glob(f"*{suffix}"), key=valid_first)]
-    others = [(f"confusion matrix - {p.name.removesuffix('_confusion.png')}", p)
-              for p in sorted(folder.glob("*_confusion.png")) if p.name != "valid_confusion.png"]
-    return cams + others
+        augment=str(cfg.get("augment") or "rotate") + (" + EMA" if cfg.get("ema") else ""),
+        stale=evaluations.stale)
 
 
 def train_command(cfg: dict[str, Any], run: Path) -> str:
@@ -151,8 +132,9 @@ def draw_figures(runs: list[Path], out: Path) -> dict[str, Path]:
         if with_epochs:
             figures["accuracy"] = out / "accuracy.png"
             plot_curves(with_epochs, "accuracy", None, figures["accuracy"])
-        if plot_confusions(runs, out / "confusion_matrices.png"):
+        if panels := confusion_panels(runs):
             figures["confusion"] = out / "confusion_matrices.png"
+            plot_confusions(panels, figures["confusion"])
     except OSError as exc:
         raise UserError(f"cannot write the figures into {out} ({exc.strerror or exc}); choose another --output") \
             from None
@@ -176,22 +158,43 @@ def run_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def eval_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
-    """One row per evaluated split; a run without valid metrics gets a 'missing' row (never zeros)."""
-    headers = ["Run", "Split", "Images", "Accuracy", "Weighted F1", "Macro recall", "ROC-AUC / QW kappa"]
+def eval_table(reports: list[RunReport], ensembles: list[EnsembleReport] = ()) -> tuple[list[str], list[list[str]]]:
+    """One row per evaluated split of each run, then of each ensemble; a run without valid metrics gets a
+    'missing' row (never zeros), a stale evaluation a 'stale' row with the command that refreshes it."""
+    headers = ["Run", "Split", "Images", "Accuracy", "Weighted F1", "Macro recall", "ROC-AUC / QW kappa",
+               "Majority baseline"]
     rows = []
     for r in reports:
-        if "valid" not in r.metrics and not is_cv_run(r.path):  # a CV run is judged by its folds (cv_table)
+        if "valid" not in r.metrics and "valid" not in r.stale and not is_cv_run(r.path):  # CV: see cv_table
             rows.append([r.path.name, "valid", missing_eval(r.path)])
-        for split, m in r.metrics.items():
-            rows.append([r.path.name, split, show(m.get("images")), percent(m.get("accuracy")),
-                         number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m)])
-            p = m.get("patients")
-            if isinstance(p, dict):
-                rows.append([r.path.name, f"{split} (per patient)", f"{show(p.get('patients'))} patients",
-                             percent(p.get("accuracy")), number(p.get("weighted_f1")), number(p.get("macro_recall")),
-                             ranking(p)])
+        rows += [[r.path.name, split, f"stale: {reason}"] for split, reason in r.stale.items()]
+        rows += metric_rows(r.path.name, r.metrics)
+    for e in ensembles:
+        rows += [[e.path.name, split, f"stale: {reason}"] for split, reason in e.stale.items()]
+        rows += metric_rows(e.path.name, e.metrics)
     return headers, rows
+
+
+def metric_rows(name: str, metrics: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The table rows of one evaluation folder: a row per split, and one per split per patient."""
+    rows = []
+    for split, m in metrics.items():
+        rows.append([name, split, show(m.get("images")), percent(m.get("accuracy")),
+                     number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m), baseline(m)])
+        p = m.get("patients")
+        if isinstance(p, dict):
+            rows.append([name, f"{split} (per patient)", f"{show(p.get('patients'))} patients",
+                         percent(p.get("accuracy")), number(p.get("weighted_f1")), number(p.get("macro_recall")),
+                         ranking(p)])
+    return rows
+
+
+def baseline(m: dict[str, Any]) -> str:
+    """The majority-class accuracy, flagged when the model's accuracy interval does not clear it."""
+    if not isinstance(m.get("baseline_accuracy"), (int, float)):
+        return "-"
+    flag = ": not better" if m.get("not_better_than_baseline") else ""
+    return f"{m['baseline_accuracy']:.2%} ('{m.get('baseline_class', '?')}'){flag}"
 
 
 def interval(entry: Any) -> tuple[Any, list[float] | None]:
@@ -201,9 +204,9 @@ def interval(entry: Any) -> tuple[Any, list[float] | None]:
     return entry, None
 
 
-def clinical_lines(r: RunReport) -> list[str]:
-    """Per split: the operating point and the calibration error, where eval.py wrote them."""
-    lines = []
+def clinical_lines(r: RunReport | EnsembleReport) -> list[str]:
+    """train.py's data audit, and per split: the operating point and the calibration error, where eval.py wrote them."""
+    lines = audit_line(r.path)
     for split, m in r.metrics.items():
         op, cal = m.get("operating_point"), m.get("calibration")
         parts = []
@@ -217,9 +220,18 @@ def clinical_lines(r: RunReport) -> list[str]:
             parts.append(f"95% intervals from {m['bootstrap']['resamples']} bootstrap resamples of "
                          f"{m['bootstrap'].get('unit', 'images')}" + (f" ({m['bootstrap']['note']})"
                                                                       if m["bootstrap"].get("note") else ""))
+        if m.get("not_better_than_baseline"):
+            parts.append(baseline_note(m))
         if parts:
             lines.append(f"{split}: " + "; ".join(parts))
     return lines
+
+
+def audit_line(run: Path) -> list[str]:
+    try:
+        return [f"data {json.loads((run / 'audit.json').read_text())['summary']}"]  # written by data.audit
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def show(value: Any) -> str:
@@ -250,11 +262,13 @@ def ranking(m: dict[str, Any]) -> str:
     return "not in the metrics file"
 
 
-def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[str, Path], out: Path) -> str:
+def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[str, Path], out: Path,
+                ensembles: list[EnsembleReport] = ()) -> str:
     """report.md: the tables, the figures as relative links, the commands."""
     link = lambda p: Path(os.path.relpath(p.resolve(), out.resolve())).as_posix()  # noqa: E731
-    lines = [f"# {title}", "", f"Generated {date} from {len(reports)} run(s).", "", "## Runs", "",
-             *md_table(*run_table(reports)), "", "## Evaluation", "", *md_table(*eval_table(reports)), ""]
+    lines = [f"# {title}", "", f"Generated {date} from {len(reports)} run(s){ensemble_count(ensembles)}.", "",
+             "## Runs", "", *md_table(*run_table(reports)), "", "## Evaluation", "",
+             *md_table(*eval_table(reports, ensembles)), ""]
     for r in (r for r in reports if is_cv_run(r.path)):
         lines += [f"## Cross-validation: {r.path.name}", "", *md_table(*cv_table(r.path)), ""]
     lines += ["## Accuracy per epoch", ""]
@@ -271,7 +285,15 @@ def to_markdown(title: str, date: str, reports: list[RunReport], figures: dict[s
         lines += [f"- {text}" for text in notes] + ([""] if notes else [])
         lines += [line for caption, png in r.figures for line in (f"![{caption}]({link(png)})", "")]
         lines += [f"Reproduce ({command_note(r)}):", "", "```bash", r.train_command, r.eval_command, "```", ""]
+    for e in ensembles:
+        lines += [f"## {e.path.name}", "", f"The average of {e.describe_members()}.", ""]
+        lines += [f"- {text}" for text in clinical_lines(e)] + ([""] if clinical_lines(e) else [])
+        lines += [line for caption, png in e.figures for line in (f"![{caption}]({link(png)})", "")]
     return "\n".join(lines)
+
+
+def ensemble_count(ensembles: list[EnsembleReport]) -> str:
+    return f" and {len(ensembles)} ensemble(s)" if ensembles else ""
 
 
 def has_cam(r: RunReport) -> bool:
@@ -297,11 +319,14 @@ def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(cell(c) for c in row + [""] * (len(headers) - len(row))) + " |" for row in rows)]
 
 
-def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, Path]) -> str:
+def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, Path],
+            ensembles: list[EnsembleReport] = ()) -> str:
     """report.html: the same content with inline CSS and every image as a data: URI (works offline)."""
     e = html.escape
-    parts = [f"<h1>{e(title)}</h1>", f'<p class="meta">Generated {e(date)} from {len(reports)} run(s).</p>',
-             "<h2>Runs</h2>", html_table(*run_table(reports)), "<h2>Evaluation</h2>", html_table(*eval_table(reports)),
+    parts = [f"<h1>{e(title)}</h1>",
+             f'<p class="meta">Generated {e(date)} from {len(reports)} run(s){ensemble_count(ensembles)}.</p>',
+             "<h2>Runs</h2>", html_table(*run_table(reports)), "<h2>Evaluation</h2>",
+             html_table(*eval_table(reports, ensembles)),
              *(f"<h2>Cross-validation: {e(r.path.name)}</h2>" + html_table(*cv_table(r.path))
                for r in reports if is_cv_run(r.path)),
              "<h2>Accuracy per epoch</h2>",
@@ -321,6 +346,11 @@ def to_html(title: str, date: str, reports: list[RunReport], figures: dict[str, 
         parts += [figure(png, caption) for caption, png in r.figures]
         parts.append(f'<h3>Reproduce <span class="note">({e(command_note(r))})</span></h3>'
                      f"<pre><code>{e(r.train_command)}\n{e(r.eval_command)}</code></pre>")
+    for ens in ensembles:
+        parts += [f"<h2>{e(ens.path.name)}</h2>", f"<p>The average of {e(ens.describe_members())}.</p>"]
+        if clinical_lines(ens):
+            parts.append("<ul>" + "".join(f"<li>{e(text)}</li>" for text in clinical_lines(ens)) + "</ul>")
+        parts += [figure(png, caption) for caption, png in ens.figures]
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<style>{CSS}</style>\n</head>\n'
             f"<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
@@ -334,7 +364,7 @@ def html_table(headers: list[str], rows: list[list[str]]) -> str:
         cells = []
         for i, text in enumerate(row):
             span = len(headers) - len(row) + 1 if i == len(row) - 1 and len(row) < len(headers) else 1
-            kind = "missing" if text.startswith("missing") else "num" if i > 0 and NUMBER.match(text) else ""
+            kind = "missing" if text.startswith(("missing", "stale")) else "num" if i > 0 and NUMBER.match(text) else ""
             cells.append(f"<td{f' class={kind}' if kind else ''}{f' colspan={span}' if span > 1 else ''}>"
                          f"{e(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,23 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, default_mode())
     os.replace(tmp, path)
+
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A new temporary folder beside ``target`` to write outputs into; when the block ends without an error
+    its files replace those of the same names in ``target``, else they are deleted and ``target`` keeps its
+    earlier outputs (a failed or interrupted run never leaves half of them overwritten)."""
+    target.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield stage
+        for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+            final = target / path.relative_to(stage)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def default_mode() -> int:

@@ -10,6 +10,7 @@ Step losses stay on the device and are read in one go every FLUSH_EVERY steps: n
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Sequence
 
@@ -44,6 +45,8 @@ class TensorBoardLog:
         # Steps are counted from 1; what an interrupted run logged after step ``start_step`` (its
         # checkpoint) is done again, so TensorBoard is told to drop the old copies.
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        print(f"TensorBoard logs -> {run_dir / 'tensorboard'}; to view them: "
+              f"tensorboard --logdir {shlex.quote(str(run_dir.parent))}", flush=True)
         self._pending: list[tuple[int, float, torch.Tensor]] = []  # (global step, lr, step loss on the device)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # running sums (loss, seen) after the last step
 

@@ -23,6 +23,7 @@ from core.phases import Phases
 from core.errors import UserError
 from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
 from core.pretrained import load_pretrained
+from core.progress import plural
 from core.resume import (COUNTERS, Counters, Resume, accumulated, earlier_timing, lr_segments, restore,
                          segmented_schedule, with_history)
 from core.run_folder import check_writable, new_run_dir, run_info
@@ -106,6 +107,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
     stop = StopSignal(verbose=dist.is_main)  # before the first print, so a signal from now on saves last.pt
     if dist.is_main:
         announce(run, source)
+        print(data.audit_training(run.run_dir, source, (run.train_loader.dataset, run.valid_loader.dataset)))
     try:
         for epoch in range(run.counters.epoch, cfg.epochs):
             run.train_loader.set_epoch(epoch, start_batch=run.counters.step)
@@ -298,7 +300,7 @@ def announce(run: Run, source: data.DataSource) -> None:
     write_text_atomic(run.run_dir / data.SPLITS_FILE, data.splits_csv(source))  # eval and --resume read it back
     link_latest(Path(cfg.out), run.run_dir)
     print(f"{display_name(run.arch)}: {sum(p.numel() for p in run.raw.parameters()):,} parameters, "
-          f"{run.steps} steps/epoch on {rt.device}{' x' + str(dist.world_size) if dist.enabled else ''}"
+          f"{plural(run.steps, 'step')}/epoch on {rt.device}{' x' + str(dist.world_size) if dist.enabled else ''}"
           f"{', AMP ' + str(rt.amp_dtype).removeprefix('torch.') if rt.amp_dtype else ''}; augment {cfg.augment}"
           f"{', EMA ' + format(cfg.ema_decay, 'g') if cfg.ema else ''}{', deterministic' if cfg.deterministic else ''}"
           f"; run folder {run.run_dir}")
@@ -314,7 +316,7 @@ def make_loaders(train_set: data.ImageDataset, valid_set: data.ImageDataset, cfg
     workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
     pin = device.type == "cuda"
     shard = data.Sampling(rank=dist.rank, world_size=dist.world_size)
-    train_order = replace(shard, shuffle=True, seed=cfg.seed, drop_last=True, balanced=cfg.balanced_sampler)
+    train_order = replace(shard, shuffle=True, seed=cfg.seed, drop_single=True, balanced=cfg.balanced_sampler)
     train_loader = data.make_loader(train_set, cfg.batch_size, train_order, workers=workers, pin_memory=pin)
     valid_loader = data.make_loader(valid_set, cfg.batch_size * 2, shard, workers=workers, pin_memory=pin)
     return train_loader, valid_loader

@@ -19,7 +19,7 @@ from core.progress import progress
 from data.preprocess import Preprocess, load_image
 from data.sources import UNLABELLED, Split
 
-CACHE_VERSION = 2  # bump when load_image changes the pixels it produces (2: fundus disk found robustly)
+CACHE_VERSION = 3  # bump when load_image changes the pixels it produces (3: EXIF orientation, 12-bit and float scale)
 _CHUNK = 64  # images per cache-building task
 
 

@@ -66,7 +66,8 @@ class Sampling:
 
     shuffle: bool = False
     seed: int = 0
-    drop_last: bool = False
+    drop_last: bool = False  # drop an incomplete last batch (benchmarks: every step a full batch)
+    drop_single: bool = False  # training: drop only a last batch of one image (BatchNorm needs two)
     balanced: bool = False  # training: draw each class about equally often (needs shuffle)
     rank: int = 0
     world_size: int = 1
@@ -76,10 +77,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of indices for one rank; the order is a pure function of (seed, epoch).
 
     Training (``shuffle``) pads the permutation by wrapping so every rank gets the same number
-    of batches (like DistributedSampler); evaluation gives each rank a contiguous block, every
-    index exactly once across ranks. With ``weights`` (training only) an epoch is instead as many
-    draws with replacement, index i with probability proportional to weights[i], dealt out to
-    the ranks like the permutation: each draw goes to exactly one rank.
+    of batches (like DistributedSampler), the last one possibly smaller; evaluation gives each rank
+    a contiguous block, every index exactly once across ranks. With ``weights`` (training only) an
+    epoch is instead as many draws with replacement, index i with probability proportional to
+    weights[i], dealt out to the ranks like the permutation: each draw goes to exactly one rank.
     """
 
     def __init__(self, size: int, batch_size: int, sampling: Sampling = Sampling(),
@@ -91,7 +92,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"weighted sampling needs shuffle=True and one weight per item ({size}), "
                              f"got shuffle={shuffle} and {len(weights)} weights")
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, sampling.seed
-        self.drop_last, self.rank, self.world_size = sampling.drop_last, rank, world_size
+        self.drop_last, self.drop_single = sampling.drop_last, sampling.drop_single
+        self.rank, self.world_size = rank, world_size
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch, self.start_batch = 0, 0
 
@@ -119,7 +121,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
             per_rank = math.ceil(self.size / self.world_size)
         else:
             per_rank = (self.rank + 1) * self.size // self.world_size - self.rank * self.size // self.world_size
-        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+        full, rest = divmod(per_rank, self.batch_size)
+        # Training shards are padded to the same size, so every rank drops the same last batch (or none).
+        return full + int(rest > 0 and not self.drop_last and not (self.drop_single and rest == 1))
 
     def __iter__(self) -> Iterator[list[int]]:
         mine = self.indices()

@@ -44,30 +44,101 @@ class Preprocess:
         return {"image_size": self.image_size, "crop": round(self.crop, 6), "mode": self.mode}
 
 
+# EXIF orientation (tag 274) -> the transpose that makes the picture upright (as ImageOps.exif_transpose)
+ORIENTATION_TAG = 0x0112
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded file: upright RGB pixels and what the file held (for audit.py's per-split summary)."""
+
+    rgb: Image.Image
+    mode: str  # PIL mode as stored: "RGB", "L", "I;16", "F", ...
+    bits: int  # bits per sample as stored (8, 16, 32)
+    size: tuple[int, int]  # (width, height) as stored, before the EXIF rotation
+    orientation: int | None  # the EXIF orientation tag, None if the file has none
+
+
+def wide_white_level(values: np.ndarray, mode: str) -> tuple[float, float]:
+    """(black, white) of a 16-bit, 32-bit or float image: the values that become 0 and 255.
+
+    The rule keeps an instrument's scale: integers are divided by the top of the smallest bit
+    depth that holds the image's brightest value (at least 8 bits): 12-bit data in a 16-bit PNG
+    or TIFF (0-4095) -> /4095, full 16-bit -> /65535 (the old /257), 10-bit -> /1023. Black stays
+    black (the cell threshold and the fundus mask depend on it) and every image of one depth gets
+    the same scale, unlike a per-image min/max stretch, which brightens dim images and their noise.
+    Floats in [0, 1] are taken as that range; other floats (and negative integers) have no
+    known scale and are stretched from their own minimum to maximum.
+    """
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    if mode == "F" and low >= 0.0 and high <= 1.0:
+        return 0.0, 1.0
+    if mode != "F" and low >= 0:
+        return 0.0, float(2 ** max(8, int(high).bit_length()) - 1)
+    return low, high if high > low else low + 1.0
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16-bit scaled to 8 bits, transparency composited onto black."""
+    """Any PIL mode -> 8-bit RGB: wide samples by ``wide_white_level``, transparency composited onto black."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        wide = np.asarray(img).astype(np.float32)
-        scale = 1.0 if img.mode == "F" else 1.0 / 257.0  # 65535 -> 255
-        return Image.fromarray(np.clip(wide * scale + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+        wide = np.asarray(img).astype(np.float64)
+        black, white = wide_white_level(wide, "F" if img.mode == "F" else "I")
+        scaled = np.nan_to_num((wide - black) * (255.0 / (white - black)), nan=0.0)
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA")).astype(np.uint16)
         return Image.fromarray(((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8))
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def open_rgb(path: Path, draft_side: int | None = None) -> Image.Image:
-    """Decode ``path`` fully into an RGB image; DataError naming the file if it cannot be read."""
+def _bits(mode: str) -> int:
+    if mode == "1":
+        return 1
+    if mode.startswith("I;16"):
+        return 16
+    return 32 if mode in ("I", "F") else 8
+
+
+def _orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation tag, None if absent or unreadable (a damaged EXIF block does not spoil the pixels)."""
+    try:
+        value = img.getexif().get(ORIENTATION_TAG)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def decode(path: Path, draft_side: int | None = None) -> Decoded:
+    """Decode ``path`` fully, upright (EXIF orientation applied), into RGB; DataError naming the file.
+
+    Every path that reads pixels (training, evaluation, predict, Grad-CAM, audit) comes here.
+    """
     try:
         with Image.open(path) as img:
             if draft_side and img.format == "JPEG":
                 img.draft("RGB", (draft_side, draft_side))  # decode big JPEGs at a reduced scale
             img.load()
-            return _to_rgb(img)
+            orientation = _orientation(img)
+            rgb = _to_rgb(img)
+            mode, size = img.mode, img.size
     except FileNotFoundError as exc:
         raise DataError(f"image {path} not found") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
+    if orientation in _UPRIGHT:
+        rgb = rgb.transpose(_UPRIGHT[orientation])
+    return Decoded(rgb, mode, _bits(mode), size, orientation)
+
+
+def open_rgb(path: Path, draft_side: int | None = None) -> Image.Image:
+    """Decode ``path`` fully into an upright RGB image; DataError naming the file if it cannot be read."""
+    return decode(path, draft_side).rgb
 
 
 def _centre_box(width: int, height: int, crop: float) -> tuple[float, float, float, float]:

@@ -64,6 +64,7 @@ class DataSource:
     classes: tuple[str, ...]
     splits: dict[str, Split]  # always "train" and "valid"; test splits by name
     note: str = ""  # how the split was made, e.g. patient-level split counts
+    unreadable: tuple[tuple[str, str], ...] = ()  # (path, reason) of images left out (train.py --skip-unreadable)
 
     def split(self, name: str) -> Split:
         """The split called ``name`` (also accepts a test CSV file name); DataError listing the choices."""

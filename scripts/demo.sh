@@ -23,6 +23,6 @@ echo
 echo "Demo finished. Look at:"
 echo "  $OUT/accuracy.png              accuracy per epoch, three architectures"
 echo "  $OUT/confusion_matrices.png    valid confusion matrices side by side"
-echo "  $OUT/report.html               the experiment report (open it in a browser)"
+echo "  $OUT/report.html               the experiment report, the ensemble included (open it in a browser)"
 echo "  $OUT/<model>/eval/             metrics with 95% intervals, ROC, calibration, Kaggle CSVs (*_submission.csv)"
 echo "  $OUT/ensemble-ResNet18+ResNet50+ResNet152/   the three models averaged"

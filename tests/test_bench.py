@@ -48,3 +48,16 @@ def test_quick_lab_section_splits_a_real_run_into_phases_that_add_up(tmp_path: P
     assert all(p >= 0 for p in phases) and row["train steps"] > 0 and row["checkpoints"] > 0
     assert sum(phases) + row.get("history", 0) == pytest.approx(row["total"], rel=0.02)
     assert row["outside_steps_share"] == pytest.approx(1 - row["train steps"] / row["total"], abs=1e-3)
+
+
+def test_quick_audit_section_times_the_audit_and_the_hash_search(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "bench.py", "--quick", "--device", "cpu", "--sections", "audit",
+                    "--json", str(out), "--work-dir", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True, text=True, timeout=120)
+    (row,) = json.loads(out.read_text())["audit"]["rows"]
+    assert row["images"] == 48 and row["cold_s"] > 0 and row["warm_s"] >= 0
+    assert row["duplicate_groups"] == 0  # every synthetic cell is its own
+    assert [s["hashes"] for s in row["search"]] == [500, 5000]
+    assert all(s["planted_found"] == 1.0 for s in row["search"])
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]

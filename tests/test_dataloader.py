@@ -483,6 +483,29 @@ def test_training_shards_pad_so_every_rank_has_the_same_batches() -> None:
     assert set(sum(shards, [])) == set(range(23))  # 24 slots: one image wraps around
 
 
+def test_a_training_epoch_of_62_images_at_batch_32_sees_every_image() -> None:
+    from core.config import TrainConfig
+    from core.distributed import Dist
+    from core.trainer import make_loaders
+
+    train, _ = make_loaders(index_dataset(62), index_dataset(8), TrainConfig(batch_size=32), torch.device("cpu"),
+                            Dist())
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        assert len(train) == 2 and sorted(order(train)) == list(range(62))
+
+
+def test_training_drops_only_a_last_batch_of_one_image_and_alike_on_every_rank() -> None:
+    # (images, ranks, batch size, batches): 97 over 3 ranks is 33 a rank, 100 is 34 (the last batch: 2 images)
+    for images, world_size, size, batches in ((65, 1, 32, 2), (66, 1, 32, 3), (97, 3, 32, 1), (100, 3, 16, 3)):
+        loaders = [make_loader(index_dataset(images), size,
+                               Sampling(shuffle=True, drop_single=True, rank=r, world_size=world_size))
+                   for r in range(world_size)]
+        sizes = [[len(labels) for _, labels in loader] for loader in loaders]
+        assert all(len(s) == len(loader) == batches for s, loader in zip(sizes, loaders)), (images, sizes)
+        assert min(min(s) for s in sizes) >= 2
+
+
 def test_loader_with_worker_processes_yields_the_same_batches(lab: Path, prep: Preprocess, tmp_path: Path) -> None:
     dataset = ImageDataset(open_data(lab).split("train"), prep, tmp_path / "cache")
     serial, parallel = (make_loader(dataset, 4, Sampling(shuffle=True, seed=5), workers=w) for w in (0, 2))

@@ -178,3 +178,13 @@ def test_default_retina_counts_keep_a_handful_of_each_grade() -> None:
 def test_valid_flag_is_refused_for_retinopathy(tmp_path: Path) -> None:
     result = run_script("--task", "retinopathy", "--out", str(tmp_path / "r"), "--valid", "5")
     assert result.returncode == 2 and not (tmp_path / "r").exists()
+
+
+def test_the_samples_figure_is_drawn_at_readme_width_on_white(tmp_path: Path) -> None:
+    from data.demo.samples import save_samples_figure
+
+    save_samples_figure(tmp_path / "samples.png", size=32)
+    with Image.open(tmp_path / "samples.png") as png:
+        pixels = np.asarray(png.convert("RGB"))
+    assert pixels.shape[1] >= 900 and (pixels[0, 0] == 255).all()  # captions: black on white, not grey on grey
+    assert (pixels.max(axis=2) < 60).mean() > 0.01

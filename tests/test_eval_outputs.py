@@ -264,3 +264,22 @@ def test_tta_of_an_upright_model_uses_no_flips(runs, tmp_path: Path, capsys) -> 
     assert metrics(run / "eval-tta")["evaluated"]["tta"] == "none"
     plain, tta = (pd.read_csv(run / d / "valid_probs.csv")[PROBS].to_numpy() for d in ("eval", "eval-tta"))
     np.testing.assert_array_equal(tta, plain)
+
+
+def test_an_eval_that_fails_part_way_leaves_the_earlier_outputs_as_they_were(runs: tuple[Path, Path, Path],
+                                                                              tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    data, run, _ = runs
+    out = evaluate(run, data, tmp_path / "out", "--bootstrap", "0")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"valid_metrics.json", "valid_probs.csv"} <= set(before)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("core.evaluate.save_reliability_png", disk_full)  # after the probabilities are written
+    with pytest.raises(OSError):
+        eval_script.main(["-m", str(run), "--data", str(data), "-c", "--output", str(out), "--bootstrap", "0",
+                          "--seed", "5"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the staging folder is gone

@@ -163,3 +163,17 @@ def test_a_temperature_saved_by_eval_calibrate_is_applied_as_eval_applies_it(run
                                 "cpu")
     assert status == 0
     np.testing.assert_allclose(probs_of(predicted), probs_of(evaluated), atol=1e-6)
+
+
+def test_a_predict_that_fails_writes_nothing_over_earlier_predictions(run: Path, lab: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    csv, cams = tmp_path / "p.csv", tmp_path / "cams"
+    status, before = predict("-m", str(run), str(lab / "test"), "-o", str(csv), "--device", "cpu", "--cam", str(cams))
+    overlays = {p: p.read_bytes() for p in cams.iterdir()}
+    earlier = csv.read_bytes()
+    assert status == 0 and len(overlays) == len(before) > 0
+    status = run_cli(predict_script.main, ["-m", str(run), str(tmp_path / "no-such-folder"), "-o", str(csv),
+                                           "--device", "cpu", "--cam", str(cams)])
+    assert status == 1 and "nothing written" in capsys.readouterr().err
+    assert csv.read_bytes() == earlier and {p: p.read_bytes() for p in cams.iterdir()} == overlays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cams", "p.csv"]  # no temporary leftovers

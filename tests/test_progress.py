@@ -1,8 +1,14 @@
-"""In a log file (stderr not a terminal) progress is one plain line per task, never a bar."""
+"""In a log file (stderr not a terminal) progress is plain lines at a steady pace, never a bar."""
 from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
 
 import pytest
 
+import train as train_script
+from core.errors import UserError
 from core.progress import progress, track
 
 
@@ -30,3 +36,39 @@ def test_a_terminal_gets_a_tqdm_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("core.progress.is_terminal", lambda: True)
     with progress(3, "x", "img") as bar:
         assert type(bar).__name__ == "tqdm"
+
+
+def test_a_long_task_in_a_log_file_prints_lines_at_the_set_pace(capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROGRESS_SECONDS", "0.01")
+    with progress(300, "epoch 2", "step", transient=True, per_step=8, status=lambda: {"loss": "0.1234"}) as bar:
+        for _ in range(300):
+            time.sleep(0.0003)
+            bar.update()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 2 and "\r" not in "".join(lines)
+    assert all(re.fullmatch(r"epoch 2: step \d+/300 \(\d+%\), [\d.]+ img/s, loss 0\.1234, \d+ s left", line)
+               for line in lines), lines
+
+
+def test_no_line_before_the_pace_is_due(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROGRESS_SECONDS", "3600")
+    for _ in track(range(300), 300, "predict", "batch"):
+        pass
+    assert capsys.readouterr().err.startswith("predict: 300/300 batch in ")
+
+
+def test_a_bad_pace_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROGRESS_SECONDS", "soon")
+    with pytest.raises(UserError, match="PROGRESS_SECONDS"):
+        progress(3, "x", "img")
+
+
+def test_a_redirected_training_run_reports_its_steps(lab_data: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROGRESS_SECONDS", "0")  # a line after every step
+    assert train_script.main(["--data", str(lab_data), "--out", str(tmp_path), "-m", "ResNet18", "--image-size", "32",
+                              "-b", "4", "-e", "1", "--workers", "0", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^epoch 1: step 3/8 \(38%\), [\d.]+ img/s, loss \d\.\d{4}, \d+ s left$", err, re.M), err

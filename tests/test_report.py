@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shlex
@@ -81,7 +82,7 @@ def test_every_run_is_listed_with_its_best_valid_accuracy_and_epoch(storage: Pat
 
 def test_eval_metrics_come_from_each_splits_json(storage: Path) -> None:
     markdown, _ = build(storage)
-    assert table_row(markdown, "A", "valid")[2:] == ["16", "81.25%", "0.7777", "0.7000", "0.9123 (AUC)"]
+    assert table_row(markdown, "A", "valid")[2:7] == ["16", "81.25%", "0.7777", "0.7000", "0.9123 (AUC)"]
     assert table_row(markdown, "A", "resnet_18_test")[2:4] == ["8", "50.00%"]
 
 
@@ -89,7 +90,7 @@ def test_graded_tasks_show_quadratic_kappa(tmp_path: Path) -> None:
     make_run(tmp_path, "retina", [0.4], metrics={"valid": {**METRICS, "quadratic_kappa": 0.6543,
                                                            "roc_auc": None}})
     markdown, _ = build(tmp_path)
-    assert table_row(markdown, "retina", "valid")[-1] == "0.6543 (kappa)"
+    assert table_row(markdown, "retina", "valid")[6] == "0.6543 (kappa)"
 
 
 def test_intervals_patients_and_the_operating_point_are_shown(tmp_path: Path) -> None:
@@ -202,3 +203,83 @@ def test_the_grad_cam_note_goes_once_any_run_has_a_grid(storage: Path) -> None:
     Image.new("RGB", (40, 30)).save(storage / "A" / "eval" / "valid_gradcam.png")
     markdown, _ = build(storage)
     assert "Grad-CAM: not drawn" not in markdown and "Grad-CAM - valid" in markdown
+
+
+def evaluated(run: Path, weights: bytes, epoch: int) -> dict:
+    """The "evaluated" record eval.py writes, for a best.pt that held ``weights``."""
+    digest = hashlib.sha256(weights).hexdigest()[:16]  # as core.checkpoint.checkpoint_digest hashes a file
+    return {"checkpoints": [{"path": str(run / "best.pt"), "epoch": epoch, "digest": digest}], "tta": None,
+            "temperature": None, "split": "valid"}
+
+
+def test_an_evaluation_of_an_older_best_checkpoint_is_marked_stale(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "A", [0.5, 0.75])  # evaluated at epoch 1, then resumed to a new best at epoch 2
+    (run / "best.pt").write_bytes(b"the weights of epoch 2")
+    (run / "eval" / "valid_metrics.json").write_text(json.dumps({**METRICS, "evaluated": evaluated(
+        run, b"the weights of epoch 1", 1)}))
+    markdown, page = build(tmp_path)
+    row = table_row(markdown, "A", "valid")
+    assert row[2] == (f"stale: evaluated the weights of epoch 1; best.pt changed since (best.pt is now epoch 2) "
+                      f"(run: python eval.py -m {run} --split valid)")
+    assert "81.25%" not in markdown and "class=missing" in page
+
+
+def test_an_evaluation_of_the_current_best_checkpoint_is_shown(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "A", [0.5, 0.75])
+    (run / "best.pt").write_bytes(b"the weights of epoch 2")
+    (run / "eval" / "valid_metrics.json").write_text(json.dumps({**METRICS, "evaluated": evaluated(
+        run, b"the weights of epoch 2", 2)}))
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "A", "valid")[3] == "81.25%" and "stale" not in markdown
+
+
+def test_an_evaluation_that_does_not_say_what_it_evaluated_is_stale(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "A", [0.5], metrics={"valid": METRICS})
+    (run / "best.pt").write_bytes(b"weights")
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "A", "valid")[2].startswith("stale: evaluated before eval.py recorded which checkpoint")
+
+
+def test_a_model_not_better_than_the_majority_baseline_is_flagged_in_the_report(tmp_path: Path) -> None:
+    make_run(tmp_path, "A", [0.5], metrics={"valid": {**METRICS, "baseline_accuracy": 0.8, "baseline_class": "blast",
+                                                      "not_better_than_baseline": True}})
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "A", "valid")[7] == "80.00% ('blast'): not better"
+    assert "NOT BETTER than always answering 'blast' (80.00%)" in markdown
+
+
+def test_an_ensemble_folder_is_reported_beside_the_runs(storage: Path) -> None:
+    members = []
+    for name in ("A", "B"):
+        (storage / name / "best.pt").write_bytes(f"weights of {name}".encode())
+        members.append({"checkpoint": str(storage / name / "best.pt"), "model": "ResNet18", "epoch": 2})
+    ensemble = storage / "ensemble-A+B"
+    ensemble.mkdir()
+    (ensemble / "ensemble.json").write_text(json.dumps({"name": ensemble.name, "members": members}))
+    record = {"checkpoints": [{"path": m["checkpoint"], "epoch": 2,
+                               "digest": hashlib.sha256(f"weights of {n}".encode()).hexdigest()[:16]}
+                              for n, m in zip("AB", members)], "tta": None, "temperature": None, "split": "test"}
+    (ensemble / "resnet_18_test_metrics.json").write_text(json.dumps({**METRICS, "accuracy": 0.875,
+                                                                       "evaluated": record}))
+    markdown, page = build(storage)
+    assert table_row(markdown, "ensemble-A+B", "resnet_18_test")[3] == "87.50%"
+    assert "## ensemble-A+B" in markdown and f"ResNet18 ({storage / 'B' / 'best.pt'}, epoch 2)" in markdown
+    assert "ensemble-A+B" in page
+    (storage / "B" / "best.pt").write_bytes(b"retrained")
+    markdown, _ = build(storage)
+    assert table_row(markdown, "ensemble-A+B", "resnet_18_test")[2].startswith("stale: evaluated the weights of "
+                                                                               "epoch 2; B/best.pt changed since")
+
+
+def test_tta_and_last_checkpoint_evaluations_are_rows_of_their_own(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "A", [0.5, 0.75])
+    (run / "best.pt").write_bytes(b"best")
+    (run / "last.pt").write_bytes(b"last, one epoch later")
+    for folder, weights, accuracy in (("eval-tta", b"best", 0.875), ("eval-last", b"last", 0.5)):
+        (run / folder).mkdir()
+        (run / folder / "valid_metrics.json").write_text(json.dumps({**METRICS, "accuracy": accuracy,
+                                                                     "evaluated": evaluated(run, weights, 2)}))
+    markdown, _ = build(tmp_path)
+    assert table_row(markdown, "A", "valid (TTA)")[3] == "87.50%"
+    assert table_row(markdown, "A", "valid (last.pt)")[2].endswith(
+        f"last.pt changed since (run: python eval.py -m {run / 'last.pt'} --split valid)")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = ["train", "eval", "plot", "report", "bench", "demo_data", "predict", "export"]
+SCRIPTS = ["train", "eval", "plot", "report", "bench", "demo_data", "predict", "export", "audit"]
 HEAVY = ("torch", "matplotlib", "pandas", "sklearn")
 
 PROBE = """

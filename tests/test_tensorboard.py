@@ -102,3 +102,13 @@ def test_a_resumed_run_continues_the_step_axis_without_repeating_steps(lab: Path
     accumulator.Reload()
     assert values(accumulator, "train/loss")[0] == list(range(1, 2 * STEPS + 1))
     assert values(accumulator, "epoch/valid_acc")[0] == [STEPS, 2 * STEPS]
+
+
+def test_the_log_says_where_it_is_and_how_to_view_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tensorboard")
+    from core.tensorboard import TensorBoardLog
+
+    TensorBoardLog(tmp_path / "storage" / "run", ("normal", "blast"), STEPS).close()
+    out = capsys.readouterr().out
+    assert f"TensorBoard logs -> {tmp_path / 'storage' / 'run' / 'tensorboard'}" in out
+    assert f"tensorboard --logdir {tmp_path / 'storage'}" in out

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 import torchvision
 
+from core.bench.audit import CNMC_IMAGES, CNMC_SIDE, benchmark_audit
+from core.bench.audit import format_table as format_audit
 from core.bench.lab import benchmark_lab, format_lab
 from core.bench.models import benchmark_models, format_model_speeds
 from core.bench.pipeline import benchmark_pipeline, format_pipeline_speeds
@@ -50,13 +52,17 @@ class Sizes:
     pipeline_epochs: int
     seeds_images: int
     seeds_workers: tuple[int, ...]
+    audit_images: int = CNMC_IMAGES  # audit section: synthetic cells audited cold and remembered ...
+    audit_side: int = CNMC_SIDE
+    audit_hashes: int = 100_000  # ... and the near-copy search over this many hashes (and a tenth of it)
 
 
 SIZES = {
     "cpu": Sizes(224, tuple(MODELS), 8, 1, 1, 3, ("resnet18",), 32, 2, 128, 64, 450, 2, 600, 64, 3, 256, (0, 2)),
     "cuda": Sizes(224, tuple(MODELS), 256, 10, 3, 5, ("resnet18", "resnet50"), 256, 3, LAB_TRAIN_IMAGES,
                   LAB_TEST_IMAGES, 450, 3, 600, 64, 3, 256, (0, 2)),
-    "quick": Sizes(32, ("resnet18", "resnet34"), 4, 1, 1, 1, ("resnet18",), 8, 1, 32, 16, 64, 1, 32, 8, 1, 16, (0,)),
+    "quick": Sizes(32, ("resnet18", "resnet34"), 4, 1, 1, 1, ("resnet18",), 8, 1, 32, 16, 64, 1, 32, 8, 1, 16, (0,),
+                   audit_images=48, audit_side=64, audit_hashes=5000),
 }
 
 
@@ -136,6 +142,15 @@ def run_pipeline(sizes: Sizes, threads: int | None, work_dir: Path | None) -> di
                               sizes.seeds_workers, sizes.seeds_images, threads, work_dir)
     print(format_pipeline_speeds(rows), flush=True)
     return {"rows": rows}
+
+
+def run_audit(sizes: Sizes, work_dir: Path | None) -> dict[str, Any]:
+    print(f"\naudit: audit.py's scan and checks on {sizes.audit_images:,} synthetic {sizes.audit_side} px BMPs "
+          f"({os.cpu_count()} cores), cold and remembered; near-copy search over {sizes.audit_hashes:,} hashes",
+          flush=True)
+    row = benchmark_audit(sizes.audit_images, sizes.audit_side, sizes.audit_hashes, work_dir)
+    print(format_audit(row), flush=True)
+    return {"rows": [row]}
 
 
 def run_end_to_end(cfg: BenchConfig, rt: Runtime) -> dict[str, dict[str, Any]]:
