@@ -159,9 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_main:
             check_writable(Path(cfg.out))
         source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
+        # a run that left unreadable images out (its unreadable.csv) resumes without them
+        skip = args.skip_unreadable or bool(ckpt and (run_folder(resume) / "unreadable.csv").is_file())
+        source = screen_unreadable(source, cfg, skip, dist)
         if ckpt:  # the run's own train/valid lists (splits.csv), not a split re-made from the data as it is now
             source = data.splits_for_resume(source, run_folder(resume), args.accept_data_change).source
-        source = screen_unreadable(source, cfg, args.skip_unreadable, dist)
         if dist.is_main:
             print(f"data: {source.root} ({source.layout} layout, {len(source.splits['train'])} train / "
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"
