@@ -18,7 +18,7 @@ from core.config import (AUGMENT_POLICIES, COMPILE_MODES, DEFAULT_LR, DEFAULT_WD
 from core.errors import run_cli
 
 if TYPE_CHECKING:
-    from data import DataSource
+    import data
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -133,8 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.gpu_defaults import cuda_defaults
     from core.hardware import pick_device
     from core.runs import pick_run
+    from core.resume import elastic_cv_dir, elastic_resume, restart_note
+    from core.run_folder import run_dir_for
     from core.trainer import Resume, check_writable, fit
-    import data
 
     # A CV run (--folds K) resumes as a whole, also when one of its folds is named.
     run = pick_run(args.resume, Path(args.out)) if args.resume else None  # 'latest' -> a run folder, said once
@@ -151,19 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     make_deterministic(cfg.deterministic)  # before anything touches CUDA
     device = pick_device(cfg.device)
+    note = None
     if device.type == "cuda" and args.batch_size is None and not ckpt and not cv_dir:
         cfg, note = cuda_defaults(cfg, lr_given=args.learning_rate is not None)
-        print(note)
     dist, device = distributed.init_distributed(device)
     try:
         if dist.is_main:
+            for line in (note, restart_note(cfg.name, bool(run))):
+                if line:
+                    print(line)
             check_writable(Path(cfg.out))
-        source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
-        # a run that left unreadable images out (its unreadable.csv) resumes without them
-        skip = args.skip_unreadable or bool(ckpt and (run_folder(resume) / "unreadable.csv").is_file())
-        source = screen_unreadable(source, cfg, skip, dist)
-        if ckpt:  # the run's own train/valid lists (splits.csv), not a split re-made from the data as it is now
-            source = data.splits_for_resume(source, run_folder(resume), args.accept_data_change).source
+        source = open_source(cfg, run_folder(resume) if ckpt else None, args.accept_data_change,
+                             args.skip_unreadable, dist)
         if dist.is_main:
             print(f"data: {source.root} ({source.layout} layout, {len(source.splits['train'])} train / "
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"
@@ -171,15 +171,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for arch in cfg.models:
             with deterministic_errors():
                 if cfg.folds:
-                    cv.run_cv(arch, cfg, source, device, dist, cv_dir)
+                    cv.run_cv(arch, cfg, source, device, dist, cv_dir or elastic_cv_dir(run_dir_for(cfg, arch)))
                 else:
-                    fit(arch, cfg, source, device, dist, Resume(ckpt, run_folder(resume)) if ckpt else None)
+                    here = Resume(ckpt, run_folder(resume)) if ckpt else \
+                        elastic_resume(run_dir_for(cfg, arch), dist) if cfg.name else None
+                    restarted = here is not None and not ckpt  # a torchrun restart: read its lists like --resume
+                    lists = open_source(cfg, here.run_dir, args.accept_data_change, args.skip_unreadable,
+                                        dist) if restarted else source
+                    fit(arch, cfg, lists, device, dist, here)
     finally:
         distributed.shutdown(dist)
     return 0
 
 
-def screen_unreadable(source: DataSource, cfg: TrainConfig, skip: bool, dist: Any) -> DataSource:
+def screen_unreadable(source: data.DataSource, cfg: TrainConfig, skip: bool, dist: Any) -> data.DataSource:
     """Every unreadable train/valid image named at once, before any long work (the main process decodes)."""
     from core import distributed
     from core.progress import progress
@@ -190,6 +195,19 @@ def screen_unreadable(source: DataSource, cfg: TrainConfig, skip: bool, dist: An
         bar = lambda total: progress(total, "checking images", "img")  # noqa: E731
         found = screen(source, Path(cfg.out) / "cache" if cfg.cache else None, skip, bar)
     return distributed.broadcast_object(found, dist)
+
+
+def open_source(cfg: TrainConfig, run_dir: Path | None, accept_change: bool, skip_unreadable: bool,
+                dist: Any) -> data.DataSource:
+    """The data, every unreadable image named (or left out); for a resumed run its own train/valid lists
+    (splits.csv), not a split re-made from the data as it is now."""
+    import data
+
+    source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
+    # a run that left unreadable images out (its unreadable.csv) resumes without them
+    skip = skip_unreadable or bool(run_dir and (run_dir / "unreadable.csv").is_file())
+    source = screen_unreadable(source, cfg, skip, dist)
+    return data.splits_for_resume(source, run_dir, accept_change).source if run_dir else source
 
 
 def run_folder(checkpoint: Path) -> Path:

@@ -10,7 +10,8 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 REFERENCE_BATCH = 32  # the lab's batch; DEFAULT_LR was tuned at it (core/gpu_defaults.py scales from it)
 DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
-RESUME_OVERRIDES = ("epochs", "device", "workers", "save_every", "save_minutes", "amp", "compile", "compile_mode",
+# learning_rate: a run stopped by a NaN loss continues from its last finite state with a lower -r.
+RESUME_OVERRIDES = ("epochs", "learning_rate", "device", "workers", "save_every", "save_minutes", "amp", "compile", "compile_mode",
                     "tensorboard", "deterministic")
 
 

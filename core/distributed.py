@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# Rank 0 measures the crop and builds the decode-once cache (hours for a large first build on a slow
+# disk) while the other ranks wait. They wait on the CPU "control" group with this timeout, never on
+# the NCCL group, whose 10-minute timeout stays as the watchdog for hung training steps.
+CONTROL_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -13,6 +20,9 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # A gloo group over the same ranks for small CPU messages (stop flags, save decisions, waits for
+    # rank 0's file work): no device sync, and its own long timeout.
+    control: Any = field(default=None, compare=False, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -39,7 +49,8 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-    return Dist(rank=rank, world_size=world, local_rank=local), device
+    control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+    return Dist(rank=rank, world_size=world, local_rank=local, control=control), device
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -49,13 +60,31 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def any_rank(flags: list[bool], d: Dist) -> list[bool]:
+    """For each flag, whether it is set on any rank (a CPU message: no device sync)."""
+    if not d.enabled:
+        return flags
+    t = torch.tensor(flags, dtype=torch.float32)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=d.control)
+    return [v > 0 for v in t.tolist()]
+
+
 def broadcast_object(obj: object, d: Dist) -> object:
-    """Rank 0's value of ``obj`` on every rank."""
+    """Rank 0's value of ``obj`` on every rank (the others may wait for it as long as CONTROL_TIMEOUT)."""
     if not d.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=d.control)
     return box[0]
+
+
+def gather_objects(obj: object, d: Dist) -> list[object]:
+    """Every rank's ``obj``, in rank order, on every rank ([obj] in a single process)."""
+    if not d.enabled:
+        return [obj]
+    out: list[object] = [None] * d.world_size
+    dist.all_gather_object(out, obj, group=d.control)
+    return out
 
 
 def average_buffers(module: torch.nn.Module, d: Dist) -> None:
@@ -71,22 +100,24 @@ def average_buffers(module: torch.nn.Module, d: Dist) -> None:
                 b /= d.world_size
 
 
-def ranks_agree(module: torch.nn.Module, d: Dist) -> bool:
-    """True when every rank holds the same parameters and buffers (compared by checksum)."""
-    if not d.enabled:
-        return True
-    total = torch.zeros(2, dtype=torch.float64, device=next(module.parameters()).device)
-    for i, t in enumerate(module.state_dict().values()):
-        total[0] += t.double().sum()
-        total[1] += (t.double().flatten() * (i + 1)).abs().sum()
-    gathered = [torch.zeros_like(total) for _ in range(d.world_size)]
-    dist.all_gather(gathered, total)
-    return all(torch.equal(g, gathered[0]) for g in gathered)
+def first_difference(state: dict[str, torch.Tensor], d: Dist) -> str | None:
+    """The name of the first tensor of ``state`` that is not the same on every rank (None: all agree)."""
+    if not d.enabled or not state:
+        return None
+    # Two checksums per tensor (plain and position-weighted sums) catch a difference without moving the tensors.
+    sums = torch.stack([torch.stack([t.double().sum(), (t.double().flatten() * torch.arange(
+        1, t.numel() + 1, device=t.device, dtype=torch.float64)).sum()]) for t in state.values()])
+    gathered = [torch.zeros_like(sums) for _ in range(d.world_size)]
+    dist.all_gather(gathered, sums)
+    differs = torch.stack([(g != gathered[0]).any(dim=1) for g in gathered]).any(dim=0)
+    names = list(state)
+    return names[int(differs.nonzero()[0])] if differs.any() else None
 
 
 def barrier(d: Dist) -> None:
+    """Wait for every rank (on the control group: rank 0 may be building the cache)."""
     if d.enabled:
-        dist.barrier()
+        dist.barrier(group=d.control)
 
 
 def shutdown(d: Dist) -> None:

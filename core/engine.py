@@ -24,8 +24,8 @@ LOG_EVERY = 50  # steps between the (syncing) finite-loss check and progress-bar
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int) -> None:
-        super().__init__(f"the training loss became NaN/inf at epoch {epoch}, step {step}")
+    def __init__(self, epoch: int, step: int, what: str = "the training loss") -> None:
+        super().__init__(f"{what} became NaN/inf at epoch {epoch}, step {step}")
         self.epoch, self.step = epoch, step
 
 
@@ -50,7 +50,11 @@ class Runtime:
 
 @dataclass
 class EpochSums:
-    """Running sums of an epoch, on the device; also saved in mid-epoch checkpoints."""
+    """Running sums of an epoch, on the device; also saved in mid-epoch checkpoints.
+
+    ``loss`` is plain cross-entropy, on the same footing as the validation loss; ``objective`` is what
+    was optimised (with label smoothing and class weights, if any).
+    """
 
     loss: torch.Tensor
     correct: torch.Tensor
@@ -58,29 +62,39 @@ class EpochSums:
     bad_step: torch.Tensor  # first step with a non-finite loss, -1 if none
     seconds: float = 0.0
     step: int = 0  # steps done in this epoch
+    objective: torch.Tensor | None = None
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, seen: int, step: int) -> None:
-        """Count one step's summed loss and number correct (no host sync)."""
+    COUNTED = ("loss", "objective", "correct", "seen")  # what adds up over steps and over ranks
+
+    def add(self, objective: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor, seen: int, step: int) -> None:
+        """Count one step's summed objective, summed cross-entropy and number correct (no host sync)."""
+        self.objective += objective
         self.loss += loss
         self.correct += correct
         self.seen += seen
-        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss), step, self.bad_step)
+        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(objective), step, self.bad_step)
         self.step = step + 1
+
+    def __post_init__(self) -> None:
+        if self.objective is None:  # sums saved before the objective was counted apart
+            self.objective = self.loss.clone()
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochSums":
         z = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
-        return cls(z(torch.float64), z(torch.int64), z(torch.int64), torch.full((), -1, device=device))
+        return cls(z(torch.float64), z(torch.int64), z(torch.int64), torch.full((), -1, device=device),
+                   objective=z(torch.float64))
 
     def state_dict(self) -> dict:
-        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "seen": self.seen.cpu(),
-                "bad_step": self.bad_step.cpu(), "seconds": self.seconds}
+        return {"loss": self.loss.cpu(), "objective": self.objective.cpu(), "correct": self.correct.cpu(),
+                "seen": self.seen.cpu(), "bad_step": self.bad_step.cpu(), "seconds": self.seconds}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device, step: int) -> "EpochSums":
         """The sums saved by ``state_dict`` after ``step`` steps of the epoch."""
+        objective = state["objective"].to(device) if "objective" in state else None
         return cls(*(state[k].to(device) for k in ("loss", "correct", "seen", "bad_step")), seconds=state["seconds"],
-                   step=step)
+                   step=step, objective=objective)
 
 
 @dataclass(frozen=True)
@@ -96,8 +110,10 @@ class Learner:
     show_progress: bool = True  # the progress bar (only the main process shows one)
 
 
-def train_step(learner: Learner, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step; returns the batch's summed loss and number correct (device tensors)."""
+def train_step(learner: Learner, images: torch.Tensor,
+               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns the batch's summed objective, summed plain cross-entropy and
+    number correct (device tensors)."""
     rt = learner.rt
     x, y = rt.inputs(images, learner.transform), labels.to(rt.device, non_blocking=True)
     with rt.autocast():
@@ -107,7 +123,9 @@ def train_step(learner: Learner, images: torch.Tensor, labels: torch.Tensor) -> 
     learner.scaler.scale(loss).backward()
     learner.scaler.step(learner.optimizer)
     learner.scaler.update()
-    return loss.detach().double() * y.numel(), (logits.detach().argmax(1) == y).sum()
+    logits = logits.detach()
+    plain = F.cross_entropy(logits.float(), y, reduction="sum").double()
+    return loss.detach().double() * y.numel(), plain, (logits.argmax(1) == y).sum()
 
 
 def train_one_epoch(learner: Learner, loader: Iterable, epoch: int, sums: EpochSums,
@@ -127,8 +145,8 @@ def train_one_epoch(learner: Learner, loader: Iterable, epoch: int, sums: EpochS
         for step, (images, labels) in enumerate(loader, start=start):
             for group in learner.optimizer.param_groups:
                 group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
-            loss, correct = train_step(learner, images, labels)
-            sums.add(loss, correct, labels.numel(), step)
+            objective, loss, correct = train_step(learner, images, labels)
+            sums.add(objective, loss, correct, labels.numel(), step)
             bar.update()
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
                 check_finite(sums, epoch)
@@ -150,7 +168,7 @@ def check_finite(sums: EpochSums, epoch: int) -> None:
     """Raise NonFiniteLoss naming the first bad step (a host sync: call it rarely)."""
     bad = int(sums.bad_step.item())
     if bad >= 0:
-        raise NonFiniteLoss(epoch, bad)
+        raise NonFiniteLoss(epoch, bad + 1)
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, rt: Runtime, tta: str | None) -> torch.Tensor:

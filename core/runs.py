@@ -16,6 +16,9 @@ from common.choices import ARCHITECTURES
 from core.errors import UserError
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
+# train_loss and valid_loss are plain cross-entropy (comparable); train_objective is the minimised loss
+# (label smoothing, class weights), a later column that older runs lack and readers need not know.
+WRITTEN_COLUMNS = (*HISTORY_COLUMNS, "train_objective")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -57,7 +60,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
     """history.csv with one row per finished epoch."""
-    write_text_atomic(run_dir / "history.csv", pd.DataFrame(rows, columns=HISTORY_COLUMNS).to_csv(index=False))
+    write_text_atomic(run_dir / "history.csv", pd.DataFrame(rows, columns=WRITTEN_COLUMNS).to_csv(index=False))
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:

@@ -5,9 +5,6 @@ epochs, each one ``engine.train_one_epoch`` then ``end_epoch`` (validate, histor
 """
 from __future__ import annotations
 
-import os
-import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import data
 from core import distributed, engine
-from core.checkpoint import CheckpointError, preprocess_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from core.checkpoint import preprocess_from_checkpoint, rng_state, save_checkpoint
 from core.config import TrainConfig
 from core.ema import ModelEMA
 from core.phases import Phases
@@ -27,31 +24,14 @@ from core.errors import UserError
 from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
 from core.pretrained import load_pretrained
 from core.progress import plural
+from core.resume import (COUNTERS, Counters, Resume, accumulated, earlier_timing, lr_segments, restore,
+                         segmented_schedule, with_history)
+from core.run_folder import check_writable, new_run_dir, run_info
 from core.runs import link_latest, write_history, write_json, write_text_atomic
 from core.signals import StopSignal
 from models import build_model, display_name
 
-COUNTERS = ("epoch", "step", "history", "best_acc", "best_epoch")  # the loop's state, saved in every checkpoint
-
-
-@dataclass(frozen=True)
-class Resume:
-    """A training state to continue: the loaded checkpoint and the run folder it belongs to."""
-
-    ckpt: dict[str, Any]
-    run_dir: Path
-
-
-@dataclass
-class Counters:
-    """Where the loop is; saved in every checkpoint (``sums``: the unfinished epoch's running sums)."""
-
-    epoch: int = 0
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_acc: float = -1.0
-    best_epoch: int = 0
-    sums: dict[str, Any] | None = None
+__all__ = ["Resume", "fit", "check_writable", "new_run_dir"]  # train.py and core/cv.py import these from here
 
 
 @dataclass
@@ -74,6 +54,9 @@ class Run:
     tb: Any = None  # core.tensorboard.TensorBoardLog with --tensorboard (main process only)
     ema: ModelEMA | None = None  # with --ema: what is validated and saved in best.pt
     phases: Phases = field(default_factory=Phases)  # wall time per phase -> timing.json
+    saved: tuple[int, int] | None = None  # (epoch, step) that last.pt holds, once there is one
+    resumed_at: int | None = None  # epochs finished when this session resumed the run
+    earlier_timing: dict[str, float] = field(default_factory=dict)  # timing.json of the earlier sessions
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -99,9 +82,18 @@ class Run:
                 "best_acc": c.best_acc, "best_epoch": c.best_epoch, "history": c.history, "valid": row}
 
     def save_last(self, sums: engine.EpochSums | None, extra: dict[str, Any] | None = None) -> None:
-        with self.phases.time("checkpoints"):
-            save_checkpoint({**self.snapshot(sums), **(extra or {})}, self.run_dir / "last.pt")
-        self.last_save = time.monotonic()
+        """last.pt, on every rank together: the state must be finite everywhere, and each rank's RNG state
+        and partial sums go into it (gathered on rank 0, which writes)."""
+        c = self.counters
+        at = (c.epoch + 1, c.step) if c.step else (c.epoch, self.steps)
+        check_finite(self, sums, at)
+        ranks = distributed.gather_objects({"rng": rng_state(), "sums": sums.state_dict() if sums else None},
+                                           self.dist)
+        if self.dist.is_main:
+            with self.phases.time("checkpoints"):
+                save_checkpoint({**self.snapshot(sums), **({"ranks": ranks} if self.dist.enabled else {}),
+                                 **(extra or {})}, self.run_dir / "last.pt")
+        self.saved, self.last_save = (c.epoch, c.step), time.monotonic()
 
 
 def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.device, dist: distributed.Dist,
@@ -112,7 +104,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
     with phases.time("setup"):
         run = setup(arch, cfg, source, device, dist, resume)
     run.phases = phases
-    stop = StopSignal()  # before the first print, so a signal from now on saves last.pt
+    stop = StopSignal(verbose=dist.is_main)  # before the first print, so a signal from now on saves last.pt
     if dist.is_main:
         announce(run, source)
         print(data.audit_training(run.run_dir, source, (run.train_loader.dataset, run.valid_loader.dataset)))
@@ -131,6 +123,8 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
             end_epoch(run, epoch, sums)
     except torch.OutOfMemoryError:
         raise UserError(out_of_memory_message(cfg.batch_size, cfg.image_size)) from None
+    except engine.NonFiniteLoss as exc:
+        raise UserError(non_finite_message(run, exc)) from None
     finally:
         stop.restore()
         if run.tb:
@@ -146,29 +140,48 @@ def train_epoch(run: Run, epoch: int, sums: engine.EpochSums, stop: StopSignal) 
     def after_step(done: int, sums: engine.EpochSums) -> bool:
         if run.ema:
             run.ema.update(run.raw, epoch * steps + done - 1)
-        stopping = stop.requested(run.dist, done, run.learner.rt.device)
         if run.tb:
             run.tb.step(epoch * steps + done, run.schedule(epoch * steps + done - 1), sums.loss, sums.seen)
-        due = (cfg.save_every and done % cfg.save_every == 0) or (
-            cfg.save_minutes and time.monotonic() - run.last_save > cfg.save_minutes * 60)
-        if run.dist.is_main and (stopping or (due and done < steps)):
+        due = done < steps and bool((cfg.save_every and done % cfg.save_every == 0) or (
+            cfg.save_minutes and time.monotonic() - run.last_save > cfg.save_minutes * 60))
+        # Every rank stops or saves at the same step: a signal or a clock on any rank decides for all.
+        stopping, due = distributed.any_rank([stop.signum is not None, due], run.dist)
+        if stopping or due:
             run.counters.step = done
             run.save_last(sums)
         return stopping
 
-    try:
-        return engine.train_one_epoch(run.learner, run.train_loader, epoch + 1, sums,
-                                      lambda s: run.schedule(epoch * steps + s), after_step)
-    except engine.NonFiniteLoss as exc:
-        kept = (f"{run.run_dir / 'last.pt'} keeps the last good epoch ({run.counters.epoch})" if run.counters.epoch
-                else "no checkpoint was written")
-        raise UserError(f"{exc}; {kept}. Try a lower -r/--learning_rate or --no-amp") from None
+    return engine.train_one_epoch(run.learner, run.train_loader, epoch + 1, sums,
+                                  lambda s: run.schedule(epoch * steps + s), after_step)
+
+
+def check_finite(run: Run, sums: engine.EpochSums | None, at: tuple[int, int]) -> None:
+    """NonFiniteLoss on every rank if the loss or the weights are NaN/inf on any (one host sync)."""
+    tensors = [t for m in (run.raw, run.ema.module if run.ema else None) if m for t in m.state_dict().values()
+               if t.is_floating_point()]
+    weights_ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    loss_ok = (sums.bad_step < 0) & torch.isfinite(sums.objective) if sums else torch.ones((), dtype=torch.bool)
+    loss_bad, weights_bad = distributed.any_rank([not bool(loss_ok), not bool(weights_ok)], run.dist)
+    if loss_bad or weights_bad:
+        step = int(sums.bad_step) + 1 if sums is not None and int(sums.bad_step) >= 0 else at[1]
+        raise engine.NonFiniteLoss(at[0], step, "the training loss" if loss_bad else "the weights")
+
+
+def non_finite_message(run: Run, exc: engine.NonFiniteLoss) -> str:
+    """One line: what went wrong, what last.pt holds (never a non-finite state) and how to go on."""
+    if run.saved is None:
+        return f"{exc}; no checkpoint was written. Try a lower -r/--learning_rate or --no-amp"
+    epoch, step = run.saved
+    held = f"epoch {epoch + 1} up to step {step}" if step else f"the end of epoch {epoch}"
+    return (f"{exc}; {run.run_dir / 'last.pt'} holds {held}, the last finite state. Continue it with a lower "
+            f"rate: python train.py --resume {run.run_dir} -r {run.cfg.learning_rate / 10:.2g} (or --no-amp)")
 
 
 def end_epoch(run: Run, epoch: int, sums: engine.EpochSums) -> None:
     """Validate, append the history row, write history.csv, best.pt (if better) and last.pt."""
     with run.phases.time("validation"):
         row = validate(run, sums, epoch)
+    check_finite(run, sums, (epoch + 1, run.steps))  # before anything is written
     c = run.counters
     c.history.append(row)
     best = row["valid_acc"] > c.best_acc
@@ -181,21 +194,27 @@ def end_epoch(run: Run, epoch: int, sums: engine.EpochSums) -> None:
         if best:
             with run.phases.time("checkpoints"):
                 save_checkpoint(run.best_state(row), run.run_dir / "best.pt")
-        run.save_last(None, {"valid": row})
+    run.save_last(None, {"valid": row})
+    if run.dist.is_main:
+        write_json(run.run_dir / "timing.json", accumulated(run.earlier_timing, run.phases.summary()))
         print(epoch_line(row, run.cfg.epochs, best), flush=True)
 
 
 def validate(run: Run, sums: engine.EpochSums, epoch: int) -> dict[str, float]:
     """Validate and reduce the epoch's sums over all processes into one history row."""
-    distributed.average_buffers(run.evaluated, run.dist)
+    for module in (run.raw, run.ema.module) if run.ema else (run.raw,):  # both are compared and saved
+        distributed.average_buffers(module, run.dist)
     n = run.meta["num_classes"]
     confusion = torch.zeros(n, n, dtype=torch.int64, device=run.learner.rt.device) if run.cfg.tensorboard else None
     valid = engine.evaluate(run.evaluated, run.valid_loader, run.eval_tf, run.learner.rt, confusion=confusion)
-    totals = torch.stack([sums.loss, sums.correct.double(), sums.seen.double(), *(v.double() for v in valid)])
-    loss, correct, seen, vloss, vcorrect, vseen = distributed.all_reduce_sum(totals, run.dist).tolist()
+    totals = torch.stack([sums.loss, sums.objective, sums.correct.double(), sums.seen.double(),
+                          *(v.double() for v in valid)])
+    loss, objective, correct, seen, vloss, vcorrect, vseen = distributed.all_reduce_sum(totals, run.dist).tolist()
+    # train_loss and valid_loss are both plain cross-entropy; train_objective is what was minimised.
     row = {"epoch": epoch + 1, "train_loss": loss / seen, "train_acc": correct / seen,
            "valid_loss": vloss / vseen, "valid_acc": vcorrect / vseen,
-           "lr": run.schedule(epoch * run.steps + run.steps - 1), "seconds": round(sums.seconds, 2)}
+           "lr": run.schedule(epoch * run.steps + run.steps - 1), "seconds": round(sums.seconds, 2),
+           "train_objective": objective / seen}
     if confusion is not None:  # every process takes part in the sum; only the main one writes
         confusion = distributed.all_reduce_sum(confusion, run.dist).cpu().numpy()
         if run.tb:
@@ -205,14 +224,17 @@ def validate(run: Run, sums: engine.EpochSums, epoch: int) -> dict[str, float]:
 
 def finish(run: Run) -> None:
     """Check that all processes agree and print where the best weights are."""
-    if not distributed.ranks_agree(run.raw, run.dist):
-        raise RuntimeError("the processes ended with different weights; please report this as a bug")
+    for what, module in (("model", run.raw), ("EMA", run.ema.module if run.ema else None)):
+        differs = distributed.first_difference(module.state_dict(), run.dist) if module else None
+        if differs:
+            raise RuntimeError(f"the processes ended with different {what} tensors ({differs}); "
+                               "please report this as a bug")
     if run.dist.is_main:
         name = display_name(run.arch)
         if run.dist.enabled:
             print(f"{name}: parameters identical on all {run.dist.world_size} processes")
-        print(f"{name}: {run.phases.line()}")
-        write_json(run.run_dir / "timing.json", run.phases.summary())  # this process's share of the run
+        print(f"{name}: {run.phases.line()}")  # this session; timing.json adds up all sessions of the run
+        write_json(run.run_dir / "timing.json", accumulated(run.earlier_timing, run.phases.summary()))
         print(f"{name}: best valid accuracy {run.counters.best_acc:.2%} at epoch {run.counters.best_epoch}; "
               f"weights {run.run_dir / 'best.pt'}\n  evaluate: python eval.py -m {run.run_dir}")
 
@@ -250,28 +272,31 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
     augment = data.BatchTransform(prep, train=True, policy=cfg.augment).to(device)
     learner = engine.Learner(model, loss_fn, optimizer, scaler, augment, rt, show_progress=dist.is_main)
     steps = len(train_loader)
-    schedule = engine.lr_schedule(cfg.scheduler, cfg.learning_rate, cfg.epochs * steps,
-                                  round(cfg.warmup_epochs * steps))
     ema = ModelEMA(raw, cfg.ema_decay) if cfg.ema else None
-    counters = restore(resume, (raw, ema), optimizer, scaler, device) if resume else Counters()
+    counters = restore(resume, (raw, ema), optimizer, scaler, device, dist) if resume else Counters()
+    segments, note = lr_segments(resume.ckpt if resume else None, cfg, counters.epoch)
+    if note and dist.is_main:
+        print(note)
     run_dir = resume.run_dir if resume else new_run_dir(cfg, arch, dist)
     meta = {"arch": arch, "model_options": {"head": cfg.head}, "num_classes": len(source.classes),
             "classes": list(source.classes), "task": source.task, "preprocess": prep.to_dict(),
-            "config": asdict(replace(cfg, models=(arch,)))}
+            "config": asdict(replace(cfg, models=(arch,))), "lr_segments": segments}
     tb = None
     if cfg.tensorboard and dist.is_main:
         from core.tensorboard import TensorBoardLog
 
         tb = TensorBoardLog(run_dir, source.classes, steps, start_step=counters.epoch * steps + counters.step)
     return Run(arch, cfg, run_dir, raw, learner, train_loader, valid_loader,
-               data.BatchTransform(prep, train=False).to(device), schedule, dist, meta, counters, tb=tb,
-               ema=ema)
+               data.BatchTransform(prep, train=False).to(device), segmented_schedule(segments, cfg, steps), dist,
+               meta, counters, tb=tb, ema=ema, saved=(counters.epoch, counters.step) if resume else None,
+               resumed_at=counters.epoch if resume else None,
+               earlier_timing=earlier_timing(run_dir, resume is not None) if dist.is_main else {})
 
 
 def announce(run: Run, source: data.DataSource) -> None:
     """config.json, storage/latest and the run's first line."""
     cfg, rt, dist = run.cfg, run.learner.rt, run.dist
-    write_json(run.run_dir / "config.json", run_info(run, source))
+    write_json(run.run_dir / "config.json", with_history(run_info(run, source), run.run_dir, run.resumed_at))
     write_text_atomic(run.run_dir / data.SPLITS_FILE, data.splits_csv(source))  # eval and --resume read it back
     link_latest(Path(cfg.out), run.run_dir)
     print(f"{display_name(run.arch)}: {sum(p.numel() for p in run.raw.parameters()):,} parameters, "
@@ -315,26 +340,6 @@ def make_model(arch: str, num_classes: int, cfg: TrainConfig, rt: engine.Runtime
     return raw, model
 
 
-def restore(resume: Resume, models: tuple[torch.nn.Module, ModelEMA | None], optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, device: torch.device) -> Counters:
-    """Load a training state into model (and its EMA), optimizer, scaler and the RNGs; returns the counters."""
-    ckpt = resume.ckpt
-    raw, ema = models
-    try:
-        raw.load_state_dict(ckpt["model"])
-        if ema:
-            ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ckpt["sums"] is not None:
-            engine.EpochSums.from_state(ckpt["sums"], device, ckpt["step"])  # fail now, not mid-epoch
-        set_rng_state(ckpt["rng"])
-        return Counters(**{k: ckpt[k] for k in (*COUNTERS, "sums")})
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-        raise CheckpointError(f"{resume.run_dir}: its training state cannot be restored "
-                              f"({str(exc).splitlines()[0][:160]}); the file is damaged") from None
-
-
 def prepare(source: data.DataSource, cfg: TrainConfig, dist: distributed.Dist) -> data.Preprocess:
     """Measure crop and statistics once (rank 0 builds the cache, the others then read it)."""
     cache_dir = Path(cfg.out) / "cache" if cfg.cache else None
@@ -355,45 +360,3 @@ def open_datasets(source: data.DataSource, prep: data.Preprocess, cfg: TrainConf
             sets = tuple(data.ImageDataset(source.splits[s], prep, cache_dir) for s in ("train", "valid"))
         distributed.barrier(dist)
     return sets
-
-
-def new_run_dir(cfg: TrainConfig, arch: str, dist: distributed.Dist) -> Path:
-    """storage/<name>/, created by rank 0; an existing run is never overwritten."""
-    name = cfg.name if cfg.name and len(cfg.models) == 1 else (
-        f"{cfg.name}-{display_name(arch)}" if cfg.name else
-        f"{display_name(arch)}{'-pretrained' if cfg.pretrained else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = Path(cfg.out) / name
-    if dist.is_main:
-        if (run_dir / "last.pt").exists() or (run_dir / "history.csv").exists():
-            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                            f"or choose another --name")
-        check_writable(run_dir)
-    distributed.barrier(dist)
-    return run_dir
-
-
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` and prove a file can be written there, before any long work starts."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to {folder} ({exc.strerror or exc}); choose another --out") from None
-
-
-def run_info(run: Run, source: data.DataSource) -> dict[str, Any]:
-    """config.json: every setting, the command, library versions and the data fingerprint."""
-    import torchvision  # only for its version; importing it costs a second
-
-    return {"arch": run.arch, "model": display_name(run.arch), **run.meta["config"],
-            "command": " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0].endswith(".py") else None,
-            "world_size": run.dist.world_size, "preprocess": run.meta["preprocess"],
-            "data_layout": source.layout, "task": source.task, "classes": list(source.classes),
-            "data_note": source.note,
-            "data_fingerprint": {name: s.fingerprint() for name, s in source.splits.items()},
-            "data_sizes": {name: len(s.paths) for name, s in source.splits.items()},
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "torchvision": torchvision.__version__, "numpy": np.__version__,
-                         "cuda": torch.version.cuda, "platform": platform.platform()}}

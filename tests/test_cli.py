@@ -35,11 +35,32 @@ def test_train_writes_config_history_and_checkpoints(run: Path) -> None:
     for name in ("config.json", "history.csv", "best.pt", "last.pt"):
         assert (run / name).is_file(), name
     history = pd.read_csv(run / "history.csv")
-    assert list(history.columns) == ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds"]
+    assert list(history.columns) == ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds",
+                                     "train_objective"]
     assert history["epoch"].tolist() == [1, 2]
     config = json.loads((run / "config.json").read_text())
     assert config["arch"] == "resnet18" and config["epochs"] == 2 and "torch" in config["versions"]
     assert set(config["data_fingerprint"]) >= {"train", "valid"}
+
+
+def test_a_training_step_counts_plain_cross_entropy_beside_the_smoothed_objective() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from core import engine
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    logits = model(x).detach()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.2)
+    learner = engine.Learner(model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1),
+                             torch.amp.GradScaler("cpu", enabled=False), torch.nn.Identity(),
+                             engine.Runtime(torch.device("cpu")))
+    objective, loss, _ = engine.train_step(learner, x, y)
+    # history.csv's train_loss is this plain cross-entropy, as its valid_loss is; train_objective the smoothed one
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, y, reduction="sum").item(), rel=1e-6)
+    assert objective.item() == pytest.approx(8 * loss_fn(logits, y).item(), rel=1e-6)
 
 
 def test_latest_points_at_the_newest_run(run: Path) -> None:

@@ -1,6 +1,7 @@
 """Crash safety: SIGKILL mid-epoch and resume, SIGTERM, NaN loss, unsafe checkpoints."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -146,3 +147,131 @@ def test_resume_latest_continues_the_newest_run(data: Path, tmp_path: Path) -> N
     assert len(pd.read_csv(out / "a" / "history.csv")) == 2
     assert (out / "latest").resolve() == (out / "a").resolve()
     assert not (out / "latest" / "history.csv").is_symlink()
+
+
+@pytest.fixture(scope="module")
+def diverged(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A run whose loss explodes after a few steps while last.pt is saved after every step."""
+    out = tmp_path_factory.mktemp("diverged")
+    result = subprocess.run([sys.executable, "train.py", "--data", str(data), "--out", str(out), *ARGS, "--name", "run",
+                             "-o", "sgd", "-r", "1e5", "--label-smoothing", "0", "--save-every", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return out / "run", result
+
+
+def test_a_diverging_run_keeps_a_finite_last_checkpoint_and_names_what_it_holds(diverged) -> None:
+    run, result = diverged
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    ckpt = load_checkpoint(run / "last.pt")
+    tensors = [t for part in (ckpt["model"], ckpt["sums"] or {}) for t in part.values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    assert all(torch.isfinite(t).all() for t in tensors)
+    assert f"holds epoch {ckpt['epoch'] + 1} up to step {ckpt['step']}, the last finite state" in result.stderr
+
+
+def test_a_diverged_run_resumes_from_its_last_finite_state_with_a_lower_rate(diverged) -> None:
+    run, _ = diverged
+    held = load_checkpoint(run / "last.pt")
+    assert int(held["sums"]["bad_step"]) == -1  # no bad step saved with the state, to re-raise at once
+    resumed = subprocess.run([sys.executable, "train.py", "--resume", str(run), "-r", "1e-3"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # It trains on from there: it either finishes or (the weights having exploded before they became
+    # NaN) stops at a later step, never at the one it resumed from.
+    if resumed.returncode:
+        epoch, step = map(int, re.search(r"at epoch (\d+), step (\d+)", resumed.stderr).groups())
+        assert (epoch, step) > (held["epoch"] + 1, held["step"]), resumed.stderr[-500:]
+
+
+@pytest.fixture(scope="module")
+def extended(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float], str, dict]:
+    """A finished 1-epoch run resumed with -e 2: its run folder, the learning rate of every step the
+    resumed session took, what that session printed, and the first session's timing.json."""
+    import json
+
+    import train as train_script
+    from core import engine
+
+    out = tmp_path_factory.mktemp("extended")
+    first = ["train.py", "--data", str(data), "--out", str(out), *ARGS, "-e", "1", "--name", "run"]
+    second = ["train.py", "--resume", str(out / "run"), "-e", "2"]
+    lrs: list[float] = []
+    real_step = engine.train_step
+
+    def spy(learner, images, labels):  # noqa: ANN001, ANN202
+        lrs.append(learner.optimizer.param_groups[0]["lr"])
+        return real_step(learner, images, labels)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", first)
+        assert train_script.main(first[1:]) == 0
+        first_timing = json.loads((out / "run" / "timing.json").read_text())
+        mp.setattr(sys, "argv", second)
+        mp.setattr(engine, "train_step", spy)
+        buffer = __import__("io").StringIO()
+        with __import__("contextlib").redirect_stdout(buffer):
+            assert train_script.main(second[1:]) == 0
+    return out / "run", lrs, buffer.getvalue(), first_timing
+
+
+def test_training_longer_than_a_finished_schedule_starts_a_lower_one_and_says_so(extended) -> None:
+    from core.resume import EXTEND_PEAK, EXTEND_WARMUP
+
+    run, lrs, printed, _ = extended
+    peak, steps = 1e-3, 12  # adamw's default rate; 96 images / -b 8
+    assert "the 1-epoch schedule had finished; epochs 2-2 get a new cosine schedule peaking at" in printed
+    assert lrs[0] == pytest.approx(peak * EXTEND_PEAK / round(EXTEND_WARMUP * steps))  # warm-up from near 0
+    assert max(lrs) == pytest.approx(peak * EXTEND_PEAK)
+
+
+def test_a_resumed_run_keeps_its_original_command_and_lists_the_resume(extended) -> None:
+    import json
+
+    config = json.loads((extended[0] / "config.json").read_text())
+    assert config["command"].startswith("python train.py --data")
+    assert [(r["command"].split()[2], r["epoch"]) for r in config["resumes"]] == [("--resume", 1)]
+
+
+def test_timing_adds_up_over_the_sessions_of_a_run(extended) -> None:
+    import json
+
+    first = extended[3]
+    timing = json.loads((extended[0] / "timing.json").read_text())
+    assert (first["sessions"], timing["sessions"]) == (1, 2)
+    for phase in ("setup", "train steps", "validation", "total"):  # the second session trained an epoch too
+        assert timing[phase] > first[phase]
+
+
+def test_resuming_where_fp16_needs_a_loss_scale_the_file_lacks_starts_a_fresh_one(capsys, tmp_path: Path) -> None:
+    from core import distributed
+    from core.checkpoint import rng_state
+    from core.resume import Resume, restore
+    from models import build_model
+
+    model = build_model("resnet18", 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": {}, "rng": rng_state(),
+             "sums": None, "epoch": 1, "step": 0, "history": [], "best_acc": 0.5, "best_epoch": 1}  # as on a CPU
+    scaler = torch.amp.GradScaler("cpu", enabled=True)  # as under fp16 AMP on a T4 or V100
+    counters = restore(Resume(saved, tmp_path), (model, None), optimizer, scaler, torch.device("cpu"),
+                       distributed.Dist())
+    assert counters.epoch == 1 and scaler.get_scale() == 65536.0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "the GradScaler starts fresh" in lines[0]
+
+
+def test_a_two_process_state_resumed_in_one_process_counts_both_partial_sums_once() -> None:
+    from core import distributed
+    from core.resume import rank_state
+
+    def sums(loss: float, seen: int) -> dict:
+        return {"loss": torch.tensor(loss, dtype=torch.float64), "objective": torch.tensor(loss, dtype=torch.float64),
+                "correct": torch.tensor(seen // 2), "seen": torch.tensor(seen), "bad_step": torch.tensor(-1),
+                "seconds": 1.0}
+
+    ckpt = {"rng": "rank 0", "sums": sums(2.0, 8), "ranks": [{"rng": "rank 0", "sums": sums(2.0, 8)},
+                                                             {"rng": "rank 1", "sums": sums(3.0, 8)}]}
+    rng, mine = rank_state(ckpt, distributed.Dist())
+    assert rng == "rank 0"
+    assert (mine["loss"].item(), mine["seen"].item(), mine["bad_step"].item()) == (5.0, 16, -1)
+    rng, theirs = rank_state(ckpt, distributed.Dist(rank=1, world_size=2))
+    assert rng == "rank 1" and theirs["loss"].item() == 3.0
