@@ -176,9 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     here = Resume(ckpt, run_folder(resume)) if ckpt else \
                         elastic_resume(run_dir_for(cfg, arch), dist) if cfg.name else None
                     restarted = here is not None and not ckpt  # a torchrun restart: read its lists like --resume
-                    lists = open_source(cfg, here.run_dir, args.accept_data_change, args.skip_unreadable,
-                                        dist) if restarted else source
-                    fit(arch, cfg, lists, device, dist, here)
+                    fit(arch, cfg, open_source(cfg, here.run_dir, args.accept_data_change) if restarted else source,
+                        device, dist, here)
     finally:
         distributed.shutdown(dist)
     return 0
@@ -197,16 +196,16 @@ def screen_unreadable(source: data.DataSource, cfg: TrainConfig, skip: bool, dis
     return distributed.broadcast_object(found, dist)
 
 
-def open_source(cfg: TrainConfig, run_dir: Path | None, accept_change: bool, skip_unreadable: bool,
-                dist: Any) -> data.DataSource:
-    """The data, every unreadable image named (or left out); for a resumed run its own train/valid lists
-    (splits.csv), not a split re-made from the data as it is now."""
+def open_source(cfg: TrainConfig, run_dir: Path | None, accept_change: bool, skip_unreadable: bool | None = None,
+                dist: Any = None) -> data.DataSource:
+    """The data, every unreadable image named (or left out; None: not checked here); for a resumed run its
+    own train/valid lists (splits.csv), not a split re-made from the data as it is now."""
     import data
 
     source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
-    # a run that left unreadable images out (its unreadable.csv) resumes without them
-    skip = skip_unreadable or bool(run_dir and (run_dir / "unreadable.csv").is_file())
-    source = screen_unreadable(source, cfg, skip, dist)
+    if skip_unreadable is not None:  # a run that left unreadable images out (unreadable.csv) resumes without them
+        skip = skip_unreadable or bool(run_dir and (run_dir / "unreadable.csv").is_file())
+        source = screen_unreadable(source, cfg, skip, dist)
     return data.splits_for_resume(source, run_dir, accept_change).source if run_dir else source
 
 
