@@ -77,10 +77,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of indices for one rank; the order is a pure function of (seed, epoch).
 
     Training (``shuffle``) pads the permutation by wrapping so every rank gets the same number
-    of batches (like DistributedSampler), the last one possibly smaller; evaluation gives each rank a contiguous block, every
-    index exactly once across ranks. With ``weights`` (training only) an epoch is instead as many
-    draws with replacement, index i with probability proportional to weights[i], dealt out to
-    the ranks like the permutation: each draw goes to exactly one rank.
+    of batches (like DistributedSampler), the last one possibly smaller; evaluation gives each rank
+    a contiguous block, every index exactly once across ranks. With ``weights`` (training only) an
+    epoch is instead as many draws with replacement, index i with probability proportional to
+    weights[i], dealt out to the ranks like the permutation: each draw goes to exactly one rank.
     """
 
     def __init__(self, size: int, batch_size: int, sampling: Sampling = Sampling(),

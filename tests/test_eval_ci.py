@@ -222,7 +222,7 @@ def test_a_fitted_setting_stops_holding_when_checkpoint_tta_data_or_temperature_
 
 
 def test_the_report_leads_with_labelled_test_intervals_and_puts_valid_last(tmp_path: Path) -> None:
-    from core.report import read_metrics
+    from core.evalfolder import read_metrics
 
     for split in ("valid", "test", "resnet_18_test"):
         (tmp_path / f"{split}_metrics.json").write_text("{}")

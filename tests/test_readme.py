@@ -84,7 +84,8 @@ def test_the_readme_ensemble_example_runs_and_the_report_includes_it(after_small
     assert ensembles, "the readme-check block lost its ensemble example"
     folder = after_small_demo / "storage" / "demo" / "ensemble-ResNet18+ResNet50+ResNet152"
     assert (folder / "valid_metrics.json").is_file()
-    assert "## ensemble-ResNet18+ResNet50+ResNet152" in (after_small_demo / "storage" / "demo" / "report.md").read_text()
+    report = (after_small_demo / "storage" / "demo" / "report.md").read_text()
+    assert "## ensemble-ResNet18+ResNet50+ResNet152" in report
 
 
 def test_every_demo_output_the_readme_names_exists(after_small_demo: Path, outputs: list[str]) -> None:
