@@ -162,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if line:
                     print(line)
             check_writable(Path(cfg.out))
-        source = open_source(cfg, run_folder(resume) if ckpt else None, args.accept_data_change)
-        source = screen_unreadable(source, cfg, args.skip_unreadable, dist)
+        source = open_source(cfg, run_folder(resume) if ckpt else None, args.accept_data_change,
+                             args.skip_unreadable, dist)
         if dist.is_main:
             print(f"data: {source.root} ({source.layout} layout, {len(source.splits['train'])} train / "
                   f"{len(source.splits['valid'])} valid images, classes {', '.join(source.classes)})"
@@ -196,12 +196,16 @@ def screen_unreadable(source: data.DataSource, cfg: TrainConfig, skip: bool, dis
     return distributed.broadcast_object(found, dist)
 
 
-def open_source(cfg: TrainConfig, run_dir: Path | None, accept_change: bool) -> data.DataSource:
-    """The data; for a resumed run its own train/valid lists (splits.csv), not a split re-made from the data
-    as it is now."""
+def open_source(cfg: TrainConfig, run_dir: Path | None, accept_change: bool, skip_unreadable: bool | None = None,
+                dist: Any = None) -> data.DataSource:
+    """The data, every unreadable image named (or left out; None: not checked here); for a resumed run its
+    own train/valid lists (splits.csv), not a split re-made from the data as it is now."""
     import data
 
     source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
+    if skip_unreadable is not None:  # a run that left unreadable images out (unreadable.csv) resumes without them
+        skip = skip_unreadable or bool(run_dir and (run_dir / "unreadable.csv").is_file())
+        source = screen_unreadable(source, cfg, skip, dist)
     return data.splits_for_resume(source, run_dir, accept_change).source if run_dir else source
 
 

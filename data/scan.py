@@ -58,19 +58,21 @@ class Facts:
         return Facts(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Facts)})
 
 
+_COLUMNS = {  # Facts field: (dtype, its value for an unreadable file)
+    "path": (str, ""), "size": (np.int64, 0), "mtime": (np.int64, 0), "error": (str, ""), "digest": (str, ""),
+    "hash": (np.uint64, 0), "weak": (np.uint8, np.zeros(WEAK_BITS)),
+    "detail": (np.float16, np.zeros((THUMB_SIDE, THUMB_SIDE))), "width": (np.int32, 0), "height": (np.int32, 0),
+    "mode": (str, ""), "bits": (np.int16, 0), "orientation": (np.int16, 0),
+}
+
+
 def _rows(records: list[dict]) -> Facts:
     """Facts from the per-file dicts the workers return."""
-    n = len(records)
-    get = lambda key, default: [r.get(key, default) for r in records]  # noqa: E731
-    return Facts(path=np.array(get("path", ""), dtype=str), size=np.array(get("size", 0), dtype=np.int64),
-                 mtime=np.array(get("mtime", 0), dtype=np.int64), error=np.array(get("error", ""), dtype=str),
-                 digest=np.array(get("digest", ""), dtype=str), hash=np.array(get("hash", 0), dtype=np.uint64),
-                 weak=np.array(get("weak", np.zeros(WEAK_BITS)), dtype=np.uint8).reshape(n, WEAK_BITS),
-                 detail=np.array(get("detail", np.zeros((THUMB_SIDE, THUMB_SIDE))), dtype=np.float16).reshape(
-                     n, THUMB_SIDE, THUMB_SIDE),
-                 width=np.array(get("width", 0), dtype=np.int32), height=np.array(get("height", 0), dtype=np.int32),
-                 mode=np.array(get("mode", ""), dtype=str), bits=np.array(get("bits", 0), dtype=np.int16),
-                 orientation=np.array(get("orientation", 0), dtype=np.int16))
+    columns = {}
+    for name, (dtype, missing) in _COLUMNS.items():
+        values = np.array([r.get(name, missing) for r in records], dtype=dtype)
+        columns[name] = values.reshape(len(records), *np.shape(missing))
+    return Facts(**columns)
 
 
 def _identity(path: Path) -> tuple[int, int]:

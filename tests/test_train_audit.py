@@ -68,3 +68,11 @@ def test_a_clean_start_decodes_nothing_twice(data: Path, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(scan, "find_unreadable", lambda *a, **k: pytest.fail("checked the images again"))
     assert train(data, tmp_path, "--name", "again") == 0
+
+
+def test_a_run_trained_without_unreadable_images_resumes_without_them(data: Path, tmp_path: Path) -> None:
+    break_two(data)
+    assert train(data, tmp_path, "--skip-unreadable") == 0
+    run = tmp_path / "out" / "run"
+    assert run_cli(train_script.main, ["--resume", str(run), "-e", "2", "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((run / "audit.json").read_text())["images"] == 12 + 6 - 2  # its own lists, as saved
