@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {args.bootstrap})")
     from core import calibration, cv, fitted, threshold  # torch loads here, after parsing, so that --help is instant
     from core.checkpoint import CheckpointError
-    from core.ensemble import (PredictOptions, default_output, describe, ensemble_name, ensemble_tta, load_members,
+    from core.ensemble import (SplitPredictOptions, default_output, member_records, ensemble_name, ensemble_tta, load_members,
                                predict_split)
     from core.evaluate import EvalSettings, write_split
     from core.hardware import make_runtime, pick_device
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output) if args.output else \
         cv_dir / ("eval-tta" if args.tta else "eval") if cv_dir else default_output(members, args.tta)
     out.mkdir(parents=True, exist_ok=True)
-    options = PredictOptions(args.batch_size, args.workers, args.tta,
+    options = SplitPredictOptions(args.batch_size, args.workers, args.tta,
                              Path(config.get("out", "storage")) / "cache" if args.cache else None)
     title = display_name(first.arch) if len(members) == 1 else \
         f"{display_name(first.arch)} {len(members)}-fold ensemble" if cv_dir else name
@@ -139,9 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          positive)
     with staged_folder(out) as stage:  # a failure leaves the earlier outputs in ``out`` as they were
         if len(members) > 1:
-            write_json(stage / "ensemble.json", {"name": name, "members": describe(members)})
-        settings = EvalSettings(stage, classes, name, title, point and point.threshold, temperature, args.bootstrap,
-                                args.seed, point.positive if point else threshold.DEFAULT_POSITIVE,
+            write_json(stage / "ensemble.json", {"name": name, "members": member_records(members)})
+        settings = EvalSettings(stage, classes, name, title, point, temperature, args.bootstrap, args.seed,
                                 {"checkpoints": checkpoints, "tta": tta, "temperature": temperature})
         for split in splits:
             probs, labels = predicted[split.name]

@@ -26,12 +26,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from core.plots import confusion_panels, plot_confusions, plot_curves, summary  # matplotlib: after parsing
+    from core.plots import confusion_panels, plot_confusions, plot_curves, runs_table  # matplotlib: after parsing
     from core.runs import find_runs, output_folder
 
     runs = find_runs([Path(f) for f in args.folder])
     out = output_folder(args.output, args.folder, runs)
-    table = summary(runs)
+    table = runs_table(runs)
     print(table.to_string(index=False, formatters={"best valid": "{:.2%}".format, "last train": "{:.2%}".format}))
     curves = out / f"{args.metric}.{args.format}"
     plot_curves(runs, args.metric, args.title, curves)

@@ -58,21 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     members = load_members(args.model_path, rt)  # the same models eval.py would build
     classes = members[0].classes
     saved, temperature = predict.read_fitted(members, args.tta)  # what eval.py fitted for these checkpoints
-    threshold = choose_threshold(args.threshold, args.positive_class, saved, classes)
+    threshold = operating_point_from_flags(args.threshold, args.positive_class, saved, classes)
     output = Path(args.output) if args.output else members[0].path.parent / "predict" / "predictions.csv"
     cam_dir = None if args.cam is None else Path(args.cam) if args.cam else output.parent / "gradcam"
     items = predict.collect_images(args.images)
     output.parent.mkdir(parents=True, exist_ok=True)
     names = " + ".join(f"{display_name(m.arch)} ({m.path})" for m in members)
     print(f"{names} on {rt.device}: {len(items)} images" + (f", TTA {ensemble_tta(members, True)}" if args.tta else "")
-          + (f"; {threshold.source}: {classes[threshold.positive]} if p >= {threshold.value:g}" if threshold else ""))
+          + (f"; {threshold.source}: {classes[threshold.positive]} if p >= {threshold.threshold:g}" if threshold else ""))
     if temperature:
         print(f"calibrated as eval.py: temperature {temperature:.3f}")
     with ExitStack() as stack:  # overlays go to a temporary folder, moved into cam_dir only at the end
         staged = stack.enter_context(staged_folder(cam_dir)) if cam_dir else None
         options = predict.PredictOptions(args.batch_size, args.tta, threshold, staged, temperature)
         table = predict.predict_items(members, items, options, rt)
-        print(predict.summary(table, classes))
+        print(predict.prediction_summary(table, classes))
         if (table["error"] != "").all():  # nothing predicted: keep the earlier outputs
             print(f"no image could be predicted: nothing written ({output} left as it was)", file=sys.stderr)
             return 1
@@ -83,10 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if (table["error"] != "").any() else 0
 
 
-def choose_threshold(value: float | None, positive_class: str | None, saved, classes: tuple[str, ...]):
+def operating_point_from_flags(value: float | None, positive_class: str | None, saved, classes: tuple[str, ...]):
     """--threshold, else the operating point eval.py saved (``saved``), else None (the larger probability wins)."""
-    from core.predict import Threshold
-    from core.threshold import class_index
+    from core.threshold import OperatingPoint, class_index
 
     if value is None and positive_class is None:
         return saved
@@ -98,11 +97,11 @@ def choose_threshold(value: float | None, positive_class: str | None, saved, cla
     if value is None and saved and saved.positive != positive:
         raise UserError(f"--positive-class {positive_class}: the saved operating point ({saved.source}) is about "
                         f"{classes[saved.positive]}; give --threshold too, or choose one with eval.py --positive-class")
-    cut = value if value is not None else saved.value if saved else 0.5
+    cut = value if value is not None else saved.threshold if saved else 0.5
     if not 0 <= cut <= 1:
         raise UserError(f"--threshold must be between 0 and 1 (got {cut})")
     source = "--threshold" if value is not None else saved.source if saved else "--positive-class"
-    return Threshold(cut, positive, source)
+    return OperatingPoint(cut, positive, source)
 
 
 if __name__ == "__main__":

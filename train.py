@@ -142,8 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cv_dir = cv.cv_folder(run, folds_too=True) if run else None
     resume = resolve_checkpoint(run, prefer="last.pt") if run and not cv_dir else None
     ckpt = load_checkpoint(resume) if resume else None
-    cfg = cv.resumed_config(cv_dir, resume_changes(args)) if cv_dir else resumed_config(ckpt, args, resume) if ckpt \
-        else config_from_args(args)
+    if cv_dir:
+        cfg = cv.resumed_config(cv_dir, resume_changes(args))
+    elif ckpt:
+        cfg = checkpoint_config(ckpt, args, resume)
+    else:
+        cfg = config_from_args(args)
     if cfg.tensorboard:
         from core.tensorboard import require_tensorboard
 
@@ -218,7 +222,7 @@ def run_folder(checkpoint: Path) -> Path:
         return real
 
 
-def resumed_config(ckpt: dict[str, Any], args: argparse.Namespace, path: Path) -> TrainConfig:
+def checkpoint_config(ckpt: dict[str, Any], args: argparse.Namespace, path: Path) -> TrainConfig:
     """The run's own settings; only the flags in RESUME_OVERRIDES given now replace them."""
     from core.checkpoint import CheckpointError, check_fields
 

@@ -48,6 +48,11 @@ def nll(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
 
 
+def quality(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Cross-entropy and ECE of probabilities (temperature.json records them before and after)."""
+    return {"nll": nll(labels, probs), "ece": expected_calibration_error(reliability(labels, probs))}
+
+
 def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
     """The T in [0.05, 20] that minimises the cross-entropy of ``scale(probs, T)``."""
     result = minimize_scalar(lambda log_t: nll(labels, scale(probs, float(np.exp(log_t)))),

@@ -149,7 +149,7 @@ def train_one_epoch(learner: Learner, loader: Iterable, epoch: int, sums: EpochS
             sums.add(objective, loss, correct, labels.numel(), step)
             bar.update()
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
-                check_finite(sums, epoch)
+                check_loss_finite(sums, epoch)
                 bar.set_postfix(loss=f"{sums.loss.item() / max(sums.seen.item(), 1):.4f}",
                                 acc=f"{sums.correct.item() / max(sums.seen.item(), 1):.2%}")
             sums.seconds = time.perf_counter() - t0
@@ -164,7 +164,7 @@ def batch_size(loader: Iterable) -> int | None:
     return getattr(loader, "batch_size", None) or getattr(sampler, "batch_size", None)
 
 
-def check_finite(sums: EpochSums, epoch: int) -> None:
+def check_loss_finite(sums: EpochSums, epoch: int) -> None:
     """Raise NonFiniteLoss naming the first bad step (a host sync: call it rarely)."""
     bad = int(sums.bad_step.item())
     if bad >= 0:

@@ -17,7 +17,7 @@ from core import engine
 from core.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint,
                              resolve_checkpoint)
 from core.engine import Runtime
-from core.tta import describe as describe_tta
+from core.tta import combined_name as combined_tta
 from core.tta import tta_for
 from models import display_name
 
@@ -43,7 +43,7 @@ class Member:
 
 
 @dataclass(frozen=True)
-class PredictOptions:
+class SplitPredictOptions:
     """How to predict: batch size, loader processes, TTA asked for (each member's policy decides which
     views; core.tta), the decode-once cache folder."""
 
@@ -97,16 +97,16 @@ def member_tta(member: Member, asked: bool) -> str | None:
 
 def ensemble_tta(members: Sequence[Member], asked: bool) -> str | None:
     """What the metrics record as the TTA used: None when off, else e.g. 'flips+rot90' or 'none'."""
-    return describe_tta([member_tta(m, asked) for m in members])
+    return combined_tta([member_tta(m, asked) for m in members])
 
 
-def member_loader(member: Member, split: data.Split, options: PredictOptions, rt: Runtime) -> data.BatchLoader:
+def member_loader(member: Member, split: data.Split, options: SplitPredictOptions, rt: Runtime) -> data.BatchLoader:
     """Batches of ``split`` preprocessed as ``member`` was trained (its image size, crop and mean/std)."""
     dataset = data.ImageDataset(split, member.prep, options.cache_dir)
     return data.make_loader(dataset, options.batch_size, workers=options.workers, pin_memory=rt.device.type == "cuda")
 
 
-def predict_split(members: Sequence[Member], split: data.Split, options: PredictOptions,
+def predict_split(members: Sequence[Member], split: data.Split, options: SplitPredictOptions,
                   rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """The mean of the members' softmax probabilities (N x C) on ``split``, and its labels."""
     total, labels = None, None
@@ -118,7 +118,7 @@ def predict_split(members: Sequence[Member], split: data.Split, options: Predict
     return (total / len(members)).astype(np.float32), labels
 
 
-def describe(members: Sequence[Member]) -> list[dict[str, Any]]:
+def member_records(members: Sequence[Member]) -> list[dict[str, Any]]:
     """What ensemble.json records about each member."""
     return [{"checkpoint": str(m.path), "model": display_name(m.arch), "image_size": m.prep.image_size,
              "epoch": m.epoch} for m in members]

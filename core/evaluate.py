@@ -27,7 +27,7 @@ from core.evalfigures import save_curves_png, save_reliability_png
 from core.metrics import classification_metrics, confusion, save_confusion_png
 from core.patients import MEAN_PROBABILITY, mean_probs, patient_predictions, patient_rule, patient_table
 from core.runs import write_json, write_text_atomic
-from core.threshold import DEFAULT_POSITIVE
+from core.threshold import DEFAULT_POSITIVE, OperatingPoint
 from data import Split
 from data.patients import split_patients
 
@@ -44,12 +44,16 @@ class EvalSettings:
     classes: tuple[str, ...]
     run_name: str  # carried by every Kaggle CSV's name
     title: str  # e.g. "ResNet18" or "ensemble-a+b", for figure titles
-    threshold: float | None = None  # two classes: P(positive) that calls it positive; None: arg-max
+    point: OperatingPoint | None = None  # two classes: the threshold on P(positive); None: arg-max at 0.5
     temperature: float | None = None  # already applied to the probabilities; recorded in the metrics
     resamples: int = 2000
     seed: int = 0
-    positive: int = DEFAULT_POSITIVE  # two classes: the class index the threshold is about
     evaluated: dict[str, Any] | None = None  # core.fitted.provenance without the split: what was evaluated
+
+    @property
+    def positive(self) -> int:
+        """Two classes: the class index the operating point is about."""
+        return self.point.positive if self.point else DEFAULT_POSITIVE
 
 
 def submission_path(out: Path, split_name: str, run_name: str) -> Path:
@@ -58,7 +62,7 @@ def submission_path(out: Path, split_name: str, run_name: str) -> Path:
 
 def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSettings) -> dict[str, Any] | None:
     """Write every output of ``split``; returns its metrics (None for an unlabelled split)."""
-    preds = threshold.predictions(probs, s.threshold, s.positive)
+    preds = threshold.decide(probs, s.point)
     table = pd.DataFrame({"ID": split.ids, **{f"prob_{c}": probs[:, i] for i, c in enumerate(s.classes)},
                           "pred": preds})
     write_text_atomic(s.out / f"{split.name}_probs.csv", table.to_csv(index=False))
@@ -104,7 +108,7 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
     m.update(majority_baseline(labels, s.classes, m["accuracy"]))
     m["bootstrap"] = {"resamples": s.resamples, "unit": plan.unit, "seed": s.seed}
     if len(s.classes) == 2:
-        cut = threshold.DEFAULT if s.threshold is None else s.threshold
+        cut = s.point.threshold if s.point else threshold.DEFAULT
         m["operating_point"] = {**threshold.operating_point(labels, preds, cut, s.positive),
                                 "positive_class": s.classes[s.positive]}
     return m
@@ -116,7 +120,7 @@ def patient_metrics(split_name: str, patients: np.ndarray, rule: str,
     ``predicted`` is the images' (labels, probabilities, predictions)."""
     table = patient_table(patients, *predicted, s.classes)
     patient_probs = mean_probs(table, s.classes)
-    pred = patient_predictions(table, rule, s.classes, lambda p: threshold.predictions(p, s.threshold, s.positive))
+    pred = patient_predictions(table, rule, s.classes, lambda p: threshold.decide(p, s.point))
     table = table.drop(columns="worst_pred")
     table.insert(len(table.columns) - 1, "pred", pred)
     write_text_atomic(s.out / f"{split_name}_patients.csv", table.to_csv(index=False))

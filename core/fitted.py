@@ -23,14 +23,7 @@ import numpy as np
 from core import calibration, threshold
 from core.checkpoint import checkpoint_digest
 from core.errors import UserError
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """Two classes: call ``positive`` (a class index) where its probability is at least ``threshold``."""
-
-    threshold: float
-    positive: int
+from core.threshold import OperatingPoint
 
 
 @dataclass(frozen=True)
@@ -60,7 +53,8 @@ def mismatch(saved: Any, now: dict[str, Any], temperature: bool) -> str | None:
     if not isinstance(saved, dict) or "checkpoints" not in saved:
         return "it does not record what it was fitted on (saved by an older eval.py)"
     if [c.get("digest") for c in saved["checkpoints"]] != [c["digest"] for c in now["checkpoints"]]:
-        return f"it was fitted on {describe(saved['checkpoints'])}, not on {describe(now['checkpoints'])}"
+        return (f"it was fitted on {describe_checkpoints(saved['checkpoints'])}, "
+                f"not on {describe_checkpoints(now['checkpoints'])}")
     if saved.get("tta") != now["tta"]:
         return f"it was fitted with TTA {saved.get('tta') or 'off'}, this evaluation uses {now['tta'] or 'off'}"
     if saved.get("split") != now["split"]:
@@ -69,16 +63,16 @@ def mismatch(saved: Any, now: dict[str, Any], temperature: bool) -> str | None:
     if then and current and then != current:
         return f"the {now['split']} images changed since it was fitted (another data fingerprint)"
     if temperature and not same_temperature(saved.get("temperature"), now["temperature"]):
-        return (f"it was chosen on probabilities at temperature {show(saved.get('temperature'))}, "
-                f"these are at {show(now['temperature'])}")
+        return (f"it was chosen on probabilities at temperature {show_temperature(saved.get('temperature'))}, "
+                f"these are at {show_temperature(now['temperature'])}")
     return None
 
 
-def describe(checkpoints: list[dict[str, Any]]) -> str:
+def describe_checkpoints(checkpoints: list[dict[str, Any]]) -> str:
     return ", ".join(f"{c.get('path')} (epoch {c.get('epoch')}, digest {c.get('digest')})" for c in checkpoints)
 
 
-def show(temperature: float | None) -> str:
+def show_temperature(temperature: float | None) -> str:
     return "none (uncalibrated)" if temperature is None else f"{temperature:.4g}"
 
 
@@ -96,16 +90,17 @@ def operating_settings(f: Fitting, calibrate: bool, rule: str | None,
     """
     if (calibrate or rule) and f.valid is None:
         raise UserError("--calibrate and --threshold are fitted on the valid split, which has no labels here")
-    temperature = fit_temperature(f) if calibrate else saved_temperature(f)
+    temperature = fit_and_save_temperature(f) if calibrate else saved_temperature(f)
     if len(f.classes) != 2:
         return temperature, None
     return temperature, choose_operating_point(f, rule, positive, temperature)
 
 
-def fit_temperature(f: Fitting) -> float:
+def fit_and_save_temperature(f: Fitting) -> float:
     probs, labels = f.valid
     temperature = calibration.fit_temperature(labels, probs)
-    calibration.save(f.out, temperature, summary(labels, probs), summary(labels, calibration.scale(probs, temperature)),
+    calibration.save(f.out, temperature, calibration.quality(labels, probs),
+                     calibration.quality(labels, calibration.scale(probs, temperature)),
                      f.now)
     print(f"calibration: temperature {temperature:.3f} fitted on valid -> {f.out / calibration.FILE}")
     return temperature
@@ -123,7 +118,7 @@ def saved_temperature(f: Fitting) -> float | None:
         return float(saved["temperature"])
     refuse_without_labels(f, path, reason, "--calibrate")
     print(f"calibration: {path}: {reason}; fitting it again on valid")
-    return fit_temperature(f)
+    return fit_and_save_temperature(f)
 
 
 def choose_operating_point(f: Fitting, rule: str | None, positive: int | None,
@@ -141,7 +136,7 @@ def choose_operating_point(f: Fitting, rule: str | None, positive: int | None,
         if reason is None:
             print(f"operating point: threshold {float(saved['threshold']):.4g} ({saved.get('rule')}) for "
                   f"{f.classes[saved_positive]} from {path}")
-            return OperatingPoint(float(saved["threshold"]), saved_positive)
+            return OperatingPoint(float(saved["threshold"]), saved_positive, str(path))
         if not saved.get("rule"):
             raise UserError(f"{path}: {reason}, and it names no rule to choose it again; choose one with --threshold")
         refuse_without_labels(f, path, reason, "--threshold")
@@ -156,19 +151,13 @@ def choose_operating_point(f: Fitting, rule: str | None, positive: int | None,
     threshold.save(f.out, rule, cut, f.classes[positive], now)
     print(f"operating point: {rule} on valid{' (calibrated)' if temperature else ''} -> threshold {cut:.4g} "
           f"for {f.classes[positive]} -> {path}")
-    return OperatingPoint(cut, positive)
+    return OperatingPoint(cut, positive, str(path))
 
 
 def refuse_without_labels(f: Fitting, path: Path, reason: str, flag: str) -> None:
     if f.valid is None:
         raise UserError(f"{path}: {reason}; valid has no labels to fit it again: delete it, or run eval.py {flag} "
                         f"where valid is labelled")
-
-
-def summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Cross-entropy and ECE of probabilities, before/after calibration."""
-    return {"nll": calibration.nll(labels, probs),
-            "ece": calibration.expected_calibration_error(calibration.reliability(labels, probs))}
 
 
 def saved_for_inference(folder: Path, checkpoints: list[dict[str, Any]], tta: str | None,
@@ -187,4 +176,4 @@ def saved_for_inference(folder: Path, checkpoints: list[dict[str, Any]], tta: st
     if reason := mismatch(point.get("fitted_on"), {**now, "temperature": temperature}, temperature=True):
         raise UserError(f"{path}: {reason}; run eval.py --threshold {point.get('rule') or 'RULE'} again, or delete it")
     positive = threshold.class_index(point.get("positive_class", threshold.DEFAULT_POSITIVE), classes, path)
-    return temperature, OperatingPoint(float(point["threshold"]), positive)
+    return temperature, OperatingPoint(float(point["threshold"]), positive, str(path))

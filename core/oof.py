@@ -19,7 +19,7 @@ import torch
 import data
 from core.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint
 from core.engine import Runtime
-from core.ensemble import Member, PredictOptions, predict_split
+from core.ensemble import Member, SplitPredictOptions, predict_split
 from core.evaluate import EvalSettings, scored, summary_line
 from core.hardware import make_runtime
 from core.cvsummary import OOF_FILE, OOF_METRICS
@@ -42,7 +42,7 @@ def out_of_fold(cv_dir: Path, source: data.DataSource, table: pd.DataFrame, devi
                 cache_dir: Path | None) -> pd.DataFrame:
     """The folds.csv rows with each image's probabilities from the fold model that did not train on it."""
     rt = make_runtime(device, amp=None, channels_last=None)
-    options = PredictOptions(cache_dir=cache_dir, show_progress=False)
+    options = SplitPredictOptions(cache_dir=cache_dir, show_progress=False)
     parts = []
     for fold in range(int(table["fold"].max()) + 1):
         member = final_member(cv_dir / f"fold_{fold}" / "last.pt", rt)

@@ -43,7 +43,7 @@ def run_colour(index: int) -> str:
     return f"C{index % 10}"
 
 
-def summary(runs: list[Path]) -> pd.DataFrame:
+def runs_table(runs: list[Path]) -> pd.DataFrame:
     """One row per run: best valid accuracy, its epoch, epochs run."""
     rows = []
     for run in runs:

@@ -29,23 +29,14 @@ from core.ensemble import Member, default_output, ensemble_tta, member_tta
 from core.fitted import checkpoint_records, saved_for_inference
 from core.progress import track
 from core.threshold import FILE as OPERATING_POINT_FILE
-from core.threshold import predictions
+from core.threshold import OperatingPoint, decide
 from core.errors import UserError
 from core.gradcam import OVERLAY, heat_maps
 from data import BatchTransform, DataError, Preprocess, load_image
-from data.sources import IMAGE_EXTENSIONS, column, natural_key, read_csv, resolve_path
+from data.sources import IMAGE_EXTENSIONS, column, is_image, natural_key, read_csv, resolve_path
 
 GLOB_CHARS = set("*?[")
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # decoding, not the model, limits prediction on a GPU
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """Binary decision rule: predict ``positive`` when its probability is at least ``value``."""
-
-    value: float
-    positive: int  # class index
-    source: str  # where the value came from, for the summary
 
 
 @dataclass(frozen=True)
@@ -60,7 +51,7 @@ class Item:
 class PredictOptions:
     batch_size: int = 64
     tta: bool = False  # as each member's augmentation policy allows (core.tta)
-    threshold: Threshold | None = None
+    threshold: OperatingPoint | None = None
     cam_dir: Path | None = None  # write one Grad-CAM overlay PNG per image here
     temperature: float | None = None  # eval.py --calibrate's, applied as eval.py applies it
 
@@ -80,7 +71,7 @@ def collect_images(inputs: Sequence[str]) -> list[Item]:
         if path.suffix.lower() == ".csv" and path.is_file():
             items += items_from_csv(path)
         elif path.is_dir():
-            found = sorted((p for p in path.rglob("*") if is_image_file(p)), key=lambda p: (p.parent, natural_key(p)))
+            found = sorted((p for p in path.rglob("*") if is_image(p)), key=lambda p: (p.parent, natural_key(p)))
             if not found:
                 raise UserError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)}), in any sub-folder")
             items += [Item(str(p)) for p in found]
@@ -88,8 +79,8 @@ def collect_images(inputs: Sequence[str]) -> list[Item]:
             items.append(Item(str(path)))
         elif GLOB_CHARS & set(text):
             found = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            images = [p for p in found if is_image_file(p)] + [q for p in found if p.is_dir()
-                                                               for q in sorted(p.rglob("*")) if is_image_file(q)]
+            images = [p for p in found if is_image(p)] + [q for p in found if p.is_dir()
+                                                               for q in sorted(p.rglob("*")) if is_image(q)]
             if not images:
                 raise UserError(f"no image matches {text!r}")
             items += [Item(str(p)) for p in images]
@@ -98,10 +89,6 @@ def collect_images(inputs: Sequence[str]) -> list[Item]:
     if not items:
         raise UserError("no images to classify")
     return items
-
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def items_from_csv(csv: Path) -> list[Item]:
@@ -120,7 +107,7 @@ def items_from_csv(csv: Path) -> list[Item]:
 # ------------------------------------------------------------------------------------ threshold
 
 
-def read_fitted(members: Sequence[Member], tta: bool) -> tuple[Threshold | None, float | None]:
+def read_fitted(members: Sequence[Member], tta: bool) -> tuple[OperatingPoint | None, float | None]:
     """The operating point and temperature eval.py saved for these checkpoints and this TTA (in the folder
     eval.py writes them to: ``<run>/eval/``, ``eval-last/``, ``eval-tta/``, an ensemble's folder); UserError
     if they were fitted on other checkpoints or another TTA."""
@@ -130,16 +117,7 @@ def read_fitted(members: Sequence[Member], tta: bool) -> tuple[Threshold | None,
     if tta and point is None and temperature is None and (plain / OPERATING_POINT_FILE).is_file():
         print(f"no operating point for TTA in {folder}/ (the one in {plain}/ was chosen without TTA): the larger "
               f"probability decides; eval.py --tta --threshold RULE chooses one")
-    threshold = None if point is None else Threshold(point.threshold, point.positive,
-                                                     str(folder / OPERATING_POINT_FILE))
-    return threshold, temperature
-
-
-def decide(probs: np.ndarray, threshold: Threshold | None) -> np.ndarray:
-    """Predicted class per row: argmax, or the positive class where its probability reaches the threshold."""
-    if threshold is None:
-        return probs.argmax(1)
-    return predictions(probs, threshold.value, threshold.positive)  # eval.py's rule
+    return point, temperature
 
 
 # ------------------------------------------------------------------------------------ prediction
@@ -148,7 +126,7 @@ def decide(probs: np.ndarray, threshold: Threshold | None) -> np.ndarray:
 Decoded = tuple[torch.Tensor, list[int], dict[int, str]]  # images, their chunk positions, failures by position
 
 
-def decode(items: Sequence[Item], prep: Preprocess, pool: ThreadPoolExecutor | None = None) -> Decoded:
+def decode_items(items: Sequence[Item], prep: Preprocess, pool: ThreadPoolExecutor | None = None) -> Decoded:
     """Decode the readable items: uint8 N x 3 x H x W, their indices in ``items``, and the failures' messages.
 
     With ``pool`` the files are decoded in its threads (PIL releases the GIL while decoding and resizing).
@@ -194,7 +172,7 @@ def predict_items(members: Sequence[Member], items: Sequence[Item], options: Pre
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         chunks = list(batches(items, options.batch_size))
         for start, chunk in track(chunks, len(chunks), "predict", "batch", per_step=options.batch_size):
-            decoded = {key: decode(chunk, prep, pool) for key, prep in preps.items()}
+            decoded = {key: decode_items(chunk, prep, pool) for key, prep in preps.items()}
             for _, _, failed in decoded.values():
                 for i, message in failed.items():
                     errors[start + i] = message
@@ -228,7 +206,7 @@ def pixels_of(decoded: Decoded, wanted: Sequence[int]) -> torch.Tensor:
 
 
 def results_table(items: Sequence[Item], probs: np.ndarray, errors: list[str], classes: Sequence[str],
-                  threshold: Threshold | None, cams: list[str] | None) -> pd.DataFrame:
+                  threshold: OperatingPoint | None, cams: list[str] | None) -> pd.DataFrame:
     """The predictions CSV: failed rows keep their path and error, with no prediction and no probabilities."""
     ok = ~np.isnan(probs).any(axis=1)
     preds = np.full(len(items), "", dtype=object)
@@ -254,7 +232,7 @@ def save_overlays(member: Member, transform: torch.nn.Module, images: torch.Tens
         Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8)).save(path)
 
 
-def summary(table: pd.DataFrame, classes: Sequence[str], shown: int = 5) -> str:
+def prediction_summary(table: pd.DataFrame, classes: Sequence[str], shown: int = 5) -> str:
     """A few lines: how many were predicted, per class, and every failure (the first ``shown`` by name)."""
     failed = table[table["error"] != ""]
     lines = [f"{len(table) - len(failed)} of {len(table)} images predicted"

@@ -151,8 +151,8 @@ def run_table(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in reports:
         planned = f" of {r.epochs_planned}" if r.epochs_planned not in (None, r.epochs_run) else ""
-        rows.append([r.path.name, r.model, r.pretrained, r.augment, f"{r.epochs_run}{planned}", show(r.batch_size),
-                     show(r.optimizer), show(r.learning_rate),
+        rows.append([r.path.name, r.model, r.pretrained, r.augment, f"{r.epochs_run}{planned}", cell(r.batch_size),
+                     cell(r.optimizer), cell(r.learning_rate),
                      f"{r.best_acc:.2%}" if r.best_acc is not None else "no finished epoch",
                      str(r.best_epoch) if r.best_epoch is not None else "-"])
     return headers, rows
@@ -179,11 +179,11 @@ def metric_rows(name: str, metrics: dict[str, dict[str, Any]]) -> list[list[str]
     """The table rows of one evaluation folder: a row per split, and one per split per patient."""
     rows = []
     for split, m in metrics.items():
-        rows.append([name, split, show(m.get("images")), percent(m.get("accuracy")),
+        rows.append([name, split, cell(m.get("images")), percent(m.get("accuracy")),
                      number(m.get("weighted_f1")), number(m.get("macro_recall")), ranking(m), baseline(m)])
         p = m.get("patients")
         if isinstance(p, dict):
-            rows.append([name, f"{split} (per patient)", f"{show(p.get('patients'))} patients",
+            rows.append([name, f"{split} (per patient)", f"{cell(p.get('patients'))} patients",
                          percent(p.get("accuracy")), number(p.get("weighted_f1")), number(p.get("macro_recall")),
                          ranking(p)])
     return rows
@@ -234,7 +234,7 @@ def audit_line(run: Path) -> list[str]:
         return []
 
 
-def show(value: Any) -> str:
+def cell(value: Any) -> str:
     return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 

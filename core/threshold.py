@@ -10,6 +10,7 @@ second class of the checkpoint's class list: for 0/1 labels, 1).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +23,15 @@ from core.runs import read_saved, write_json
 FILE = "operating_point.json"
 DEFAULT = 0.5
 DEFAULT_POSITIVE = 1  # the second class of the checkpoint's list; for numeric labels 0/1, label 1
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Two classes: call ``positive`` (a class index) where its probability is at least ``threshold``."""
+
+    threshold: float
+    positive: int = DEFAULT_POSITIVE
+    source: str = ""  # where it came from (a file, a flag), for what predict.py prints
 
 
 def check_rule(rule: str) -> str:
@@ -53,11 +63,12 @@ def choose_threshold(rule: str, labels: np.ndarray, positive_probs: np.ndarray) 
     return float(thresholds[best])
 
 
-def predictions(probs: np.ndarray, threshold: float | None, positive: int = DEFAULT_POSITIVE) -> np.ndarray:
-    """Class per row: two classes, ``positive`` where its probability >= threshold, else the other; else arg-max."""
-    if threshold is None or probs.shape[1] != 2:
+def decide(probs: np.ndarray, point: OperatingPoint | None) -> np.ndarray:
+    """Class per row: two classes and an operating point, its positive class where that probability reaches
+    the threshold, else the other; otherwise the arg-max."""
+    if point is None or probs.shape[1] != 2:
         return probs.argmax(axis=1)
-    return np.where(probs[:, positive] >= threshold, positive, 1 - positive).astype(np.int64)
+    return np.where(probs[:, point.positive] >= point.threshold, point.positive, 1 - point.positive).astype(np.int64)
 
 
 def operating_point(labels: np.ndarray, preds: np.ndarray, threshold: float,

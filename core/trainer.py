@@ -86,7 +86,7 @@ class Run:
         and partial sums go into it (gathered on rank 0, which writes)."""
         c = self.counters
         at = (c.epoch + 1, c.step) if c.step else (c.epoch, self.steps)
-        check_finite(self, sums, at)
+        check_state_finite(self, sums, at)
         ranks = distributed.gather_objects({"rng": rng_state(), "sums": sums.state_dict() if sums else None},
                                            self.dist)
         if self.dist.is_main:
@@ -129,7 +129,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
         stop.restore()
         if run.tb:
             run.tb.close()
-    finish(run)
+    finish_run(run)
     return run.run_dir
 
 
@@ -155,7 +155,7 @@ def train_epoch(run: Run, epoch: int, sums: engine.EpochSums, stop: StopSignal) 
                                   lambda s: run.schedule(epoch * steps + s), after_step)
 
 
-def check_finite(run: Run, sums: engine.EpochSums | None, at: tuple[int, int]) -> None:
+def check_state_finite(run: Run, sums: engine.EpochSums | None, at: tuple[int, int]) -> None:
     """NonFiniteLoss on every rank if the loss or the weights are NaN/inf on any (one host sync)."""
     tensors = [t for m in (run.raw, run.ema.module if run.ema else None) if m for t in m.state_dict().values()
                if t.is_floating_point()]
@@ -181,7 +181,7 @@ def end_epoch(run: Run, epoch: int, sums: engine.EpochSums) -> None:
     """Validate, append the history row, write history.csv, best.pt (if better) and last.pt."""
     with run.phases.time("validation"):
         row = validate(run, sums, epoch)
-    check_finite(run, sums, (epoch + 1, run.steps))  # before anything is written
+    check_state_finite(run, sums, (epoch + 1, run.steps))  # before anything is written
     c = run.counters
     c.history.append(row)
     best = row["valid_acc"] > c.best_acc
@@ -222,7 +222,7 @@ def validate(run: Run, sums: engine.EpochSums, epoch: int) -> dict[str, float]:
     return row
 
 
-def finish(run: Run) -> None:
+def finish_run(run: Run) -> None:
     """Check that all processes agree and print where the best weights are."""
     for what, module in (("model", run.raw), ("EMA", run.ema.module if run.ema else None)):
         differs = distributed.first_difference(module.state_dict(), run.dist) if module else None

@@ -47,7 +47,7 @@ def mean_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
     return total / count
 
 
-def describe(ttas: list[str | None]) -> str | None:
+def combined_name(ttas: list[str | None]) -> str | None:
     """One name for what a set of models used (None: TTA off); ``mixed: a, b`` when members differ."""
     distinct = list(dict.fromkeys(ttas))
     if distinct == [None]:

@@ -126,7 +126,7 @@ def split_summary(split: Split, classes: Sequence[str], facts: Facts | None) -> 
     return summary
 
 
-def finish(report: dict[str, Any]) -> dict[str, Any]:
+def add_problem_counts(report: dict[str, Any]) -> dict[str, Any]:
     """Add the label conflicts and the count of problems (what makes audit.py exit 1)."""
     report["label_conflicts"] = [g for g in report["duplicates"] if g["label_conflict"]]
     leaks = sum(g["across_splits"] for g in report["duplicates"])
@@ -153,7 +153,7 @@ def audit(source: DataSource, facts: Facts, near: bool = True) -> dict[str, Any]
               "same_lists": same, "near_duplicates_searched": near,
               "splits": {name: split_summary(split, source.classes, facts.take([row[str(p)] for p in split.paths]))
                          for name, split in splits.items()}}
-    return finish(report)
+    return add_problem_counts(report)
 
 
 def near_duplicates(entries: list[Entry], keys: list[str | None], facts: Facts, rows: list[int]) -> list[dict]:
@@ -190,7 +190,7 @@ def quick_audit(splits: dict[str, Split], pixels: dict[str, np.ndarray | None], 
               "unreadable": [{"path": p, "error": e} for p, e in unreadable], "duplicates": found,
               "patient_overlap": patient_overlap(splits),
               "splits": {name: split_summary(split, classes, None) for name, split in splits.items()}}
-    return finish(report)
+    return add_problem_counts(report)
 
 
 def audit_training(run_dir: Path, source: DataSource, datasets: Sequence["ImageDataset"]) -> str:

@@ -150,8 +150,8 @@ def test_patient_counts_add_up_and_the_prediction_follows_the_mean_probability()
     row_a = table.set_index("patient").loc["a"]
     assert row_a["images"] == 3 and row_a["correct"] == 1 and row_a["prob_blast"] == pytest.approx(1.78 / 3)
     # patient a: only 1 of 3 cells called blast, but the mean probability (0.59) says blast
-    assert threshold.predictions(mean_probs(table, ("normal", "blast")), 0.5).tolist() == [1, 0, 1]
-    assert threshold.predictions(mean_probs(table, ("normal", "blast")), 0.42).tolist() == [1, 1, 1]
+    assert threshold.decide(mean_probs(table, ("normal", "blast")), threshold.OperatingPoint(0.5)).tolist() == [1, 0, 1]
+    assert threshold.decide(mean_probs(table, ("normal", "blast")), threshold.OperatingPoint(0.42)).tolist() == [1, 1, 1]
 
 
 def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity() -> None:
@@ -159,7 +159,7 @@ def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity() ->
     chosen = threshold.choose_threshold("youden", labels, probs[:, 1])
 
     def youden(t: float) -> float:
-        op = threshold.operating_point(labels, threshold.predictions(probs, t), t)
+        op = threshold.operating_point(labels, threshold.decide(probs, threshold.OperatingPoint(t)), t)
         return op["sensitivity"] + op["specificity"] - 1
 
     assert youden(chosen) == pytest.approx(max(youden(t) for t in np.unique(probs[:, 1])))
@@ -169,7 +169,7 @@ def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity() ->
 def test_sensitivity_rule_keeps_the_sensitivity_and_is_as_specific_as_possible() -> None:
     labels, probs = noisy_predictions(300, 2, seed=8)
     chosen = threshold.choose_threshold("sens=0.95", labels, probs[:, 1])
-    sens = lambda t: threshold.operating_point(labels, threshold.predictions(probs, t), t)["sensitivity"]  # noqa: E731
+    sens = lambda t: threshold.operating_point(labels, threshold.decide(probs, threshold.OperatingPoint(t)), t)["sensitivity"]  # noqa: E731
     assert sens(chosen) >= 0.95
     higher = np.unique(probs[:, 1])[np.unique(probs[:, 1]) > chosen]
     assert sens(higher.min()) < 0.95

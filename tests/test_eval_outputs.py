@@ -96,7 +96,7 @@ def test_a_threshold_chosen_on_valid_is_applied_to_test_and_the_kaggle_csv(runs,
     valid = pd.read_csv(tmp_path / "valid_probs.csv")  # evaluated although only test was asked for
     labels = pd.read_csv(data / "valid.csv")["label"].to_numpy()
     probs = valid[PROBS].to_numpy()
-    youden = lambda t: sum(threshold.operating_point(labels, threshold.predictions(probs, t), t)[k]  # noqa: E731
+    youden = lambda t: sum(threshold.operating_point(labels, threshold.decide(probs, threshold.OperatingPoint(t)), t)[k]  # noqa: E731
                            for k in ("sensitivity", "specificity")) - 1
     assert youden(cut) == pytest.approx(max(youden(t) for t in probs[:, 1]))
     test = pd.read_csv(tmp_path / "resnet_18_test_probs.csv")

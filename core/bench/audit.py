@@ -124,7 +124,7 @@ def benchmark_audit(images: int = CNMC_IMAGES, side: int = CNMC_SIDE, hashes: in
             "search": [time_hash_search(hashes // 10), time_hash_search(hashes)]}
 
 
-def format_table(row: dict[str, Any]) -> str:
+def format_audit_row(row: dict[str, Any]) -> str:
     lines = [f"audit of {row['images']:,} synthetic {row['side']} px BMPs on {row['cpu_cores']} cores: "
              f"cold {row['cold_s']:.1f} s ({row['cold_images_per_s']:.0f} img/s), "
              f"remembered scan {row['warm_s']:.2f} s; train.py's readability check {row['train_check_s']:.1f} s; "
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hashes", type=int, default=100_000)
     p.add_argument("--work-dir", type=Path)
     args = p.parse_args(argv)
-    print(format_table(benchmark_audit(args.images, args.side, args.hashes, args.work_dir)))
+    print(format_audit_row(benchmark_audit(args.images, args.side, args.hashes, args.work_dir)))
     return 0
 
 

@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from core.bench.audit import CNMC_IMAGES, CNMC_SIDE, benchmark_audit
-from core.bench.audit import format_table as format_audit
+from core.bench.audit import format_audit_row
 from core.bench.lab import benchmark_lab, format_lab
 from core.bench.models import benchmark_models, format_model_speeds
 from core.bench.pipeline import benchmark_pipeline, format_pipeline_speeds
@@ -149,7 +149,7 @@ def run_audit(sizes: Sizes, work_dir: Path | None) -> dict[str, Any]:
           f"({os.cpu_count()} cores), cold and remembered; near-copy search over {sizes.audit_hashes:,} hashes",
           flush=True)
     row = benchmark_audit(sizes.audit_images, sizes.audit_side, sizes.audit_hashes, work_dir)
-    print(format_audit(row), flush=True)
+    print(format_audit_row(row), flush=True)
     return {"rows": [row]}
 
 
