@@ -26,7 +26,8 @@ import data
 from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.config import TrainConfig, check_config
-from core.cvsummary import FOLD_DIR, format_table, write_summary
+from core.cvsummary import format_table, write_summary
+from core.runs import FOLD_DIR
 from core.errors import UserError
 from core.oof import write_oof
 from core.runs import is_cv_run, link_latest, pick_run, read_config, write_json, write_text_atomic

@@ -11,25 +11,15 @@ The standard deviation is the sample one (ddof=1), the spread a paper reports ov
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 
-from core.runs import HISTORY_COLUMNS, read_history, write_json, write_text_atomic
+from core.runs import OOF_METRICS, fold_dirs, read_history, write_json, write_text_atomic
 
 BEST_METRICS = ("valid_acc", "valid_loss", "train_acc", "train_loss")
 LAST_METRICS = ("last_valid_acc", "last_valid_loss")
 METRICS = (*BEST_METRICS, *LAST_METRICS)
-FOLD_DIR = re.compile(r"fold_(\d+)")
-OOF_FILE = "oof_probs.csv"  # written by core.oof
-OOF_METRICS = "oof_metrics.json"
-
-
-def fold_dirs(cv_dir: Path) -> list[Path]:
-    """cv_dir/fold_0, fold_1, ... in numeric order (fold_10 after fold_9)."""
-    found = [d for d in cv_dir.iterdir() if d.is_dir() and FOLD_DIR.fullmatch(d.name)] if cv_dir.is_dir() else []
-    return sorted(found, key=lambda d: int(FOLD_DIR.fullmatch(d.name)[1]))
 
 
 def fold_rows(cv_dir: Path) -> pd.DataFrame:
@@ -108,20 +98,3 @@ def _text_rows(table: pd.DataFrame) -> list[list[str]]:
         return str(int(value)) if isinstance(value, float) else str(value)
 
     return [[cell(c, row[c]) for c in table.columns] for _, row in table.iterrows()]
-
-
-def cv_history(cv_dir: Path) -> pd.DataFrame:
-    """Per epoch, the mean over folds of every history column, plus valid_acc_min/max and valid_loss_min/max."""
-    frames = [read_history(d) for d in fold_dirs(cv_dir) if (d / "history.csv").is_file()]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    every = pd.concat(frames, ignore_index=True)
-    grouped = every.groupby("epoch", sort=True)
-    mean = grouped.mean().reset_index()
-    for col in ("valid_acc", "valid_loss", "train_acc", "train_loss"):
-        mean[f"{col}_min"] = grouped[col].min().to_numpy()
-        mean[f"{col}_max"] = grouped[col].max().to_numpy()
-    mean["folds"] = grouped.size().to_numpy()
-    return mean
-

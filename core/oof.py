@@ -22,8 +22,7 @@ from core.engine import Runtime
 from core.ensemble import Member, SplitPredictOptions, predict_split
 from core.evaluate import EvalSettings, scored, summary_line
 from core.hardware import make_runtime
-from core.cvsummary import OOF_FILE, OOF_METRICS
-from core.runs import write_json, write_text_atomic
+from core.runs import OOF_FILE, OOF_METRICS, write_json, write_text_atomic
 from data.folds import fold_source
 
 

@@ -18,7 +18,6 @@ from common.choices import display_name
 
 if TYPE_CHECKING:
     import data
-    from core.trainer import Run
 
 
 def run_dir_for(cfg: TrainConfig, arch: str) -> Path:
@@ -52,13 +51,13 @@ def check_writable(folder: Path) -> None:
         raise UserError(f"cannot write to {folder} ({exc.strerror or exc}); choose another --out") from None
 
 
-def run_info(run: "Run", source: "data.DataSource") -> dict[str, Any]:
+def run_info(arch: str, meta: dict[str, Any], world_size: int, source: "data.DataSource") -> dict[str, Any]:
     """config.json: every setting, the command, library versions and the data fingerprint."""
     import torchvision  # only for its version; importing it costs a second
 
-    return {"arch": run.arch, "model": display_name(run.arch), **run.meta["config"],
+    return {"arch": arch, "model": display_name(arch), **meta["config"],
             "command": command_line(),
-            "world_size": run.dist.world_size, "preprocess": run.meta["preprocess"],
+            "world_size": world_size, "preprocess": meta["preprocess"],
             "data_layout": source.layout, "task": source.task, "classes": list(source.classes),
             "data_note": source.note,
             "data_fingerprint": {name: s.fingerprint() for name, s in source.splits.items()},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ import pandas as pd
 from common.choices import ARCHITECTURES
 from core.errors import UserError
 
+FOLD_DIR = re.compile(r"fold_(\d+)")  # a CV run's fold folders: fold_0, fold_1, ...
+OOF_FILE, OOF_METRICS = "oof_probs.csv", "oof_metrics.json"  # a CV run's out-of-fold results (core.oof)
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
 # train_loss and valid_loss are plain cross-entropy (comparable); train_objective is the minimised loss
 # (label smoothing, class weights), a later column that older runs lack and readers need not know.
@@ -63,11 +66,31 @@ def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
     write_text_atomic(run_dir / "history.csv", pd.DataFrame(rows, columns=WRITTEN_COLUMNS).to_csv(index=False))
 
 
-def read_history(run_dir: Path) -> pd.DataFrame:
-    """A run's history.csv (a CV run: the mean over its folds, core/cvsummary.py); UserError if malformed."""
-    if is_cv_run(run_dir):
-        from core.cvsummary import cv_history  # it reads the folds' histories with this function
+def fold_dirs(cv_dir: Path) -> list[Path]:
+    """cv_dir/fold_0, fold_1, ... in numeric order (fold_10 after fold_9)."""
+    found = [d for d in cv_dir.iterdir() if d.is_dir() and FOLD_DIR.fullmatch(d.name)] if cv_dir.is_dir() else []
+    return sorted(found, key=lambda d: int(FOLD_DIR.fullmatch(d.name)[1]))
 
+
+def cv_history(cv_dir: Path) -> pd.DataFrame:
+    """Per epoch, the mean over folds of every history column, plus valid_acc_min/max and valid_loss_min/max."""
+    frames = [read_history(d) for d in fold_dirs(cv_dir) if (d / "history.csv").is_file()]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    every = pd.concat(frames, ignore_index=True)
+    grouped = every.groupby("epoch", sort=True)
+    mean = grouped.mean().reset_index()
+    for col in ("valid_acc", "valid_loss", "train_acc", "train_loss"):
+        mean[f"{col}_min"] = grouped[col].min().to_numpy()
+        mean[f"{col}_max"] = grouped[col].max().to_numpy()
+    mean["folds"] = grouped.size().to_numpy()
+    return mean
+
+
+def read_history(run_dir: Path) -> pd.DataFrame:
+    """A run's history.csv (a CV run: the mean over its folds, cv_history); UserError if malformed."""
+    if is_cv_run(run_dir):
         return cv_history(run_dir)
     path = run_dir / "history.csv"
     try:

@@ -296,7 +296,7 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
 def announce(run: Run, source: data.DataSource) -> None:
     """config.json, storage/latest and the run's first line."""
     cfg, rt, dist = run.cfg, run.learner.rt, run.dist
-    write_json(run.run_dir / "config.json", with_history(run_info(run, source), run.run_dir, run.resumed_at))
+    write_json(run.run_dir / "config.json", with_history(run_info(run.arch, run.meta, run.dist.world_size, source), run.run_dir, run.resumed_at))
     write_text_atomic(run.run_dir / data.SPLITS_FILE, data.splits_csv(source))  # eval and --resume read it back
     link_latest(Path(cfg.out), run.run_dir)
     print(f"{display_name(run.arch)}: {sum(p.numel() for p in run.raw.parameters()):,} parameters, "
