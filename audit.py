@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.choices import LAYOUTS, SPLIT_METHODS
-from core.errors import run_cli
+from common.errors import run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from core.progress import progress
+    from common.progress import progress
     from data import open_data  # loads torch (the data package's __init__)
     from data.audit import audit
     from data.audit_report import draw_montage, summary_text

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from core.bench import SECTIONS
 from core.cli import model_name
-from core.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 
 if TYPE_CHECKING:
     from core.bench.suite import BenchConfig

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.choices import DEMO_TASKS
-from core.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from common.choices import display_name
 from core.cli import cam_count, positive_int
-from core.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,11 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {args.bootstrap})")
-    from core import calibration, cv, fitted, threshold  # torch loads here, after parsing, so that --help is instant
+    from core.evaluation import calibration, fitted, threshold
+    from core.training import cv
     from core.checkpoint import CheckpointError
-    from core.ensemble import (SplitPredictOptions, default_output, member_records, ensemble_name, ensemble_tta, load_members,
-                               predict_split)
-    from core.evaluate import EvalSettings, write_split
+    from core.evaluation.ensemble import (SplitPredictOptions, default_output, member_records, ensemble_name,
+                                          ensemble_tta, load_members, predict_split)
+    from core.evaluation.evaluate import EvalSettings, write_split
     from core.hardware import make_runtime, pick_device
     from core.runs import pick_run, staged_folder, write_json
     import data
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def positive_index(name: str | None, rule: str | None, classes: tuple[str, ...]) -> int | None:
     """--positive-class as a class index (None: not given); UserError unless the model has two classes."""
-    from core.threshold import class_index
+    from core.evaluation.threshold import class_index
 
     if (rule or name is not None) and len(classes) != 2:
         raise UserError(f"--threshold and --positive-class need two classes; this model has {len(classes)} "
@@ -166,7 +167,7 @@ def positive_index(name: str | None, rule: str | None, classes: tuple[str, ...])
 def with_valid(splits: list[data.Split], source: data.DataSource, out: Path, fit: bool) -> list[data.Split]:
     """``splits`` plus valid, first, where a temperature or operating point is fitted there or saved in ``out``
     (a saved one is checked against valid, and fitted again there if it no longer holds)."""
-    from core import calibration, threshold
+    from core.evaluation import calibration, threshold
 
     saved = any((out / f).is_file() for f in (calibration.FILE, threshold.FILE))
     if (fit or saved) and "valid" in source.splits and "valid" not in [s.name for s in splits]:
@@ -176,8 +177,8 @@ def with_valid(splits: list[data.Split], source: data.DataSource, out: Path, fit
 
 def fitted_settings(source: data.DataSource, predicted: dict, out: Path, classes: tuple[str, ...],
                     checkpoints: list[dict], tta: str | None, calibrate: bool, rule: str | None, positive: int | None):
-    """(temperature, operating point): fitted on, or checked against, the valid predictions (core.fitted)."""
-    from core import fitted
+    """(temperature, operating point): fitted on, or checked against, the valid predictions (core.evaluation.fitted)."""
+    from core.evaluation import fitted
 
     split = source.splits.get("valid")
     labelled = split is not None and split.labels is not None and "valid" in predicted
@@ -197,7 +198,7 @@ def tta_line(tta: str | None, members: list) -> str:
 
 def evaluate_folds(cv_dir: Path, args: argparse.Namespace, argv: list[str]) -> int:
     """--folds-separately: eval.py on each fold model of a CV run, each validated on its own fold."""
-    from core import cv
+    from core.training import cv
 
     rest = [a for a in argv if a != "--folds-separately"]  # a later -m/--output wins in argparse
     for path in cv.fold_checkpoints(cv_dir):
@@ -210,7 +211,7 @@ def cam_grid(members: list, split: data.Split, probs: np.ndarray, count: int, ca
              out: Path) -> None:
     """Grad-CAM of a single model (an ensemble has no single map to show)."""
     import data
-    from core.gradcam import save_cam_grid
+    from core.evaluation.gradcam import save_cam_grid
 
     if len(members) > 1:
         print(f"{split.name}: no Grad-CAM for an ensemble; run eval.py --cam on each member")

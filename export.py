@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from core.errors import run_cli
+from common.errors import run_cli
 
 FORMATS = ("onnx",)
 
@@ -32,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from core.engine import Runtime
-    from core.export import TOLERANCE, export_onnx
-    from core.ensemble import load_member
+    from core.deploy.export import TOLERANCE, export_onnx
+    from core.evaluation.ensemble import load_member
     from models import display_name
 
     member = load_member(args.model_path, Runtime(torch.device("cpu")))

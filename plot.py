@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from core.errors import run_cli
+from common.errors import run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from core.plots import confusion_panels, plot_confusions, plot_curves, runs_table  # matplotlib: after parsing
+    # matplotlib loads here, after parsing
+    from core.reporting.plots import confusion_panels, plot_confusions, plot_curves, runs_table
     from core.runs import find_runs, output_folder
 
     runs = find_runs([Path(f) for f in args.folder])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from core.cli import positive_int
-from core.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,8 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from core import predict
-    from core.ensemble import ensemble_tta, load_members
+    from core.deploy import predict
+    from core.evaluation.ensemble import ensemble_tta, load_members
     from core.hardware import make_runtime, pick_device
     from core.runs import staged_folder, write_text_atomic
     from models import display_name
@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     names = " + ".join(f"{display_name(m.arch)} ({m.path})" for m in members)
     print(f"{names} on {rt.device}: {len(items)} images" + (f", TTA {ensemble_tta(members, True)}" if args.tta else "")
-          + (f"; {threshold.source}: {classes[threshold.positive]} if p >= {threshold.threshold:g}" if threshold else ""))
+          + (f"; {threshold.source}: {classes[threshold.positive]} if p >= {threshold.threshold:g}"
+             if threshold else ""))
     if temperature:
         print(f"calibrated as eval.py: temperature {temperature:.3f}")
     with ExitStack() as stack:  # overlays go to a temporary folder, moved into cam_dir only at the end
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def operating_point_from_flags(value: float | None, positive_class: str | None, saved, classes: tuple[str, ...]):
     """--threshold, else the operating point eval.py saved (``saved``), else None (the larger probability wins)."""
-    from core.threshold import OperatingPoint, class_index
+    from core.evaluation.threshold import OperatingPoint, class_index
 
     if value is None and positive_class is None:
         return saved

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from core.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,8 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from core.evalfolder import describe_ensemble, find_ensembles
-    from core.report import describe_run, draw_figures, to_html, to_markdown  # after parsing: fast --help
+    from core.reporting.evalfolder import describe_ensemble, find_ensembles
+    from core.reporting.report import describe_run, draw_figures, to_html, to_markdown  # after parsing: fast --help
     from core.runs import find_runs, output_folder, write_text_atomic
 
     runs = find_runs([Path(f) for f in args.folder])

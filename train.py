@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from common.choices import ARCHITECTURES, LAYOUTS, SPLIT_METHODS, display_name
 from core.cli import model_name
-from core.config import (AUGMENT_POLICIES, COMPILE_MODES, DEFAULT_LR, DEFAULT_WD, REFERENCE_BATCH, RESUME_OVERRIDES,
-                         TrainConfig, check_config)
-from core.errors import run_cli
+from core.training.config import (AUGMENT_POLICIES, COMPILE_MODES, DEFAULT_LR, DEFAULT_WD, REFERENCE_BATCH,
+                                  RESUME_OVERRIDES, TrainConfig, check_config)
+from common.errors import run_cli
 
 if TYPE_CHECKING:
     import data
@@ -128,14 +128,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    from core import cv, distributed  # torch loads here, after parsing, so that --help is instant
+    from core.training import cv
+    from core import distributed
     from core.checkpoint import load_checkpoint, resolve_checkpoint
-    from core.gpu_defaults import cuda_defaults
+    from core.training.gpu_defaults import cuda_defaults
     from core.hardware import pick_device
     from core.runs import pick_run
-    from core.resume import elastic_cv_dir, elastic_resume, restart_note
-    from core.run_folder import run_dir_for
-    from core.trainer import Resume, check_writable, fit
+    from core.training.resume import elastic_cv_dir, elastic_resume, restart_note
+    from core.training.run_folder import run_dir_for
+    from core.training.trainer import Resume, check_writable, fit
 
     # A CV run (--folds K) resumes as a whole, also when one of its folds is named.
     run = pick_run(args.resume, Path(args.out)) if args.resume else None  # 'latest' -> a run folder, said once
@@ -149,10 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         cfg = config_from_args(args)
     if cfg.tensorboard:
-        from core.tensorboard import require_tensorboard
+        from core.training.tensorboard import require_tensorboard
 
         require_tensorboard()  # before any data is read: a missing package is one line, at once
-    from core.determinism import deterministic_errors, make_deterministic
+    from core.training.determinism import deterministic_errors, make_deterministic
 
     make_deterministic(cfg.deterministic)  # before anything touches CUDA
     device = pick_device(cfg.device)
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def screen_unreadable(source: data.DataSource, cfg: TrainConfig, skip: bool, dist: Any) -> data.DataSource:
     """Every unreadable train/valid image named at once, before any long work (the main process decodes)."""
     from core import distributed
-    from core.progress import progress
+    from common.progress import progress
     from data.scan import screen_unreadable as screen
 
     found = None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import UserError
+from common.errors import UserError
 from core.runs import default_mode, pick_run
 
 FORMAT = "resnet-suite/1"

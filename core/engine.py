@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.progress import progress, track
+from common.progress import progress, track
 from core.tta import mean_logits
 
 LOG_EVERY = 50  # steps between the (syncing) finite-loss check and progress-bar update

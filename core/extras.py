@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from core.errors import UserError
+from common.errors import UserError
 
 INSTALL_HINT = "python3 -m pip install -r requirements-extras.txt"
 

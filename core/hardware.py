@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from core.engine import Runtime
-from core.errors import UserError
+from common.errors import UserError
 
 
 def pick_device(name: str) -> torch.device:

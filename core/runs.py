@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from common.choices import ARCHITECTURES
-from core.errors import UserError
+from common.errors import UserError
 
 FOLD_DIR = re.compile(r"fold_(\d+)")  # a CV run's fold folders: fold_0, fold_1, ...
-OOF_FILE, OOF_METRICS = "oof_probs.csv", "oof_metrics.json"  # a CV run's out-of-fold results (core.oof)
+OOF_FILE, OOF_METRICS = "oof_probs.csv", "oof_metrics.json"  # a CV run's out-of-fold results (core.evaluation.oof)
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
 # train_loss and valid_loss are plain cross-entropy (comparable); train_objective is the minimised loss
 # (label smoothing, class weights), a later column that older runs lack and readers need not know.

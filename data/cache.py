@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.progress import progress
+from common.progress import progress
 from data.preprocess import Preprocess, load_image
 from data.sources import UNLABELLED, Split
 

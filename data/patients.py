@@ -1,4 +1,4 @@
-"""Patient ids: one rule for the folds (data.folds) and the per-patient results (core.evaluate).
+"""Patient ids: one rule for the folds (data.folds) and the per-patient results (core.evaluation.evaluate).
 
 C-NMC training names carry the subject: ``UID_11_10_1_all.bmp`` (patient 11) and
 ``UID_H10_3_2_hem.bmp`` (healthy subject H10). Kaggle retina names carry the patient and the eye:

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from core.errors import UserError
+from common.errors import UserError
 
 UNLABELLED = -1  # label returned for an image of an unlabelled test split
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")

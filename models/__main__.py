@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 from models import MODELS, build_model, canonical_name, display_name
 
 

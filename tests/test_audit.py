@@ -10,7 +10,7 @@ from PIL import Image
 
 import audit as audit_script
 from conftest import write_lab_dataset
-from core.errors import run_cli
+from common.errors import run_cli
 from data.demo.cells import render_cell, sample_cell
 from data.phash import candidate_pairs, probes
 

@@ -17,7 +17,7 @@ import eval as eval_script
 import plot as plot_script
 import train as train_script
 from conftest import ROOT, write_lab_dataset
-from core.errors import run_cli
+from common.errors import run_cli
 
 FAST = ["--image-size", "32", "-b", "4", "-e", "1", "--workers", "0"]
 

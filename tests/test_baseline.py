@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.baseline import majority_baseline
-from core.evaluate import EvalSettings, write_split
+from core.evaluation.baseline import majority_baseline
+from core.evaluation.evaluate import EvalSettings, write_split
 from data import Split
 
 CLASSES = ("normal", "blast")

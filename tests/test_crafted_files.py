@@ -10,7 +10,7 @@ import eval as eval_script
 import plot as plot_script
 import report as report_script
 import train as train_script
-from core.errors import run_cli
+from common.errors import run_cli
 from models import build_model
 
 HISTORY = ("epoch,train_loss,train_acc,valid_loss,valid_acc,lr,seconds\n"

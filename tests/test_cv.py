@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.cv
-import core.trainer
+import core.training.cv
+import core.training.trainer
 import eval as evaluate
 import plot
 import report
 import train
-from core.cvsummary import BEST_METRICS, write_summary
+from core.training.cvsummary import BEST_METRICS, write_summary
 from core.runs import find_runs, write_history, write_json
 
 K = 3
@@ -30,7 +30,7 @@ def cv_run(lab_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 3-fold CV run killed after fold_1's first epoch, then resumed; what fit was asked to do each time."""
     out = tmp_path_factory.mktemp("cv") / "storage"
     calls: list[tuple[str, int]] = []
-    real_fit, real_end_epoch = core.cv.fit, core.trainer.end_epoch
+    real_fit, real_end_epoch = core.training.cv.fit, core.training.trainer.end_epoch
 
     def spy_fit(arch, cfg, source, device, dist, resume):  # noqa: ANN001, ANN202
         calls.append((Path(cfg.name).name, resume.ckpt["epoch"] if resume else 0))
@@ -42,14 +42,14 @@ def cv_run(lab_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
             raise SystemExit(137)  # as if killed right after fold_1 saved its first epoch
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(core.cv, "fit", spy_fit)
-        mp.setattr(core.trainer, "end_epoch", killed_in_fold_1)
+        mp.setattr(core.training.cv, "fit", spy_fit)
+        mp.setattr(core.training.trainer, "end_epoch", killed_in_fold_1)
         with pytest.raises(SystemExit):
             train.main(["--data", str(lab_data), "--folds", str(K), "--out", str(out), "--name", "cv", *TINY])
         first = list(calls)
         cv_dir = out / "cv"
         before = fold_files(cv_dir / "fold_0")
-        mp.setattr(core.trainer, "end_epoch", real_end_epoch)
+        mp.setattr(core.training.trainer, "end_epoch", real_end_epoch)
         calls.clear()
         train.main(["--resume", "latest", "--out", str(out)])
     return {"dir": cv_dir, "out": out, "first": first, "resumed": list(calls), "fold_0_before": before,
@@ -185,5 +185,5 @@ def test_each_fold_alone_is_validated_on_its_own_fold(evaluated: Path) -> None:
 def test_naming_a_fold_or_its_checkpoint_resumes_the_whole_cv_run(cv_run: dict) -> None:
     cv_dir = cv_run["dir"]
     for named in (cv_dir, cv_dir / "fold_1", cv_dir / "fold_1" / "last.pt"):
-        assert core.cv.cv_folder(named, folds_too=True).resolve() == cv_dir.resolve()
-    assert core.cv.cv_folder(cv_dir / "fold_1") is None  # eval.py -m <fold> evaluates that fold alone
+        assert core.training.cv.cv_folder(named, folds_too=True).resolve() == cv_dir.resolve()
+    assert core.training.cv.cv_folder(cv_dir / "fold_1") is None  # eval.py -m <fold> evaluates that fold alone

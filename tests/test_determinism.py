@@ -18,8 +18,8 @@ import torch
 import train as train_script
 from conftest import ROOT
 from core import engine
-from core.determinism import deterministic_errors, make_deterministic
-from core.errors import UserError, run_cli
+from core.training.determinism import deterministic_errors, make_deterministic
+from common.errors import UserError, run_cli
 from core.hardware import enable_fast_kernels
 
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "1", "--workers", "0", "--seed", "4"]

@@ -11,7 +11,7 @@ import eval as eval_script
 import train as train_script
 from conftest import write_lab_dataset
 from core.checkpoint import load_checkpoint
-from core.ema import ModelEMA
+from core.training.ema import ModelEMA
 from models import build_model
 
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "2", "--workers", "0", "--device", "cpu",

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, recall_score, roc_auc_score
 
-from core import calibration, threshold
-from core.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, macro_recall, quadratic_kappa, roc_auc,
-                            standard_metrics, weighted_f1, with_intervals)
-from core.errors import UserError
-from core.metrics import classification_metrics
-from core.patients import mean_probs, patient_predictions, patient_rule, patient_table
+from core.evaluation import calibration, threshold
+from core.evaluation.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, macro_recall,
+                                       quadratic_kappa, roc_auc, standard_metrics, weighted_f1, with_intervals)
+from common.errors import UserError
+from core.evaluation.metrics import classification_metrics
+from core.evaluation.per_patient import mean_probs, patient_predictions, patient_rule, patient_table
 from data import RETINOPATHY_CLASSES, open_data
 from data.patients import find_patients, patient_ids, split_patients
 
@@ -150,8 +150,9 @@ def test_patient_counts_add_up_and_the_prediction_follows_the_mean_probability()
     row_a = table.set_index("patient").loc["a"]
     assert row_a["images"] == 3 and row_a["correct"] == 1 and row_a["prob_blast"] == pytest.approx(1.78 / 3)
     # patient a: only 1 of 3 cells called blast, but the mean probability (0.59) says blast
-    assert threshold.decide(mean_probs(table, ("normal", "blast")), threshold.OperatingPoint(0.5)).tolist() == [1, 0, 1]
-    assert threshold.decide(mean_probs(table, ("normal", "blast")), threshold.OperatingPoint(0.42)).tolist() == [1, 1, 1]
+    patient_probs = mean_probs(table, ("normal", "blast"))
+    assert threshold.decide(patient_probs, threshold.OperatingPoint(0.5)).tolist() == [1, 0, 1]
+    assert threshold.decide(patient_probs, threshold.OperatingPoint(0.42)).tolist() == [1, 1, 1]
 
 
 def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity() -> None:
@@ -169,7 +170,8 @@ def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity() ->
 def test_sensitivity_rule_keeps_the_sensitivity_and_is_as_specific_as_possible() -> None:
     labels, probs = noisy_predictions(300, 2, seed=8)
     chosen = threshold.choose_threshold("sens=0.95", labels, probs[:, 1])
-    sens = lambda t: threshold.operating_point(labels, threshold.decide(probs, threshold.OperatingPoint(t)), t)["sensitivity"]  # noqa: E731
+    called = lambda t: threshold.decide(probs, threshold.OperatingPoint(t))  # noqa: E731
+    sens = lambda t: threshold.operating_point(labels, called(t), t)["sensitivity"]  # noqa: E731
     assert sens(chosen) >= 0.95
     higher = np.unique(probs[:, 1])[np.unique(probs[:, 1]) > chosen]
     assert sens(higher.min()) < 0.95
@@ -203,7 +205,7 @@ def test_expected_calibration_error_of_known_bins() -> None:
 
 
 def test_a_fitted_setting_stops_holding_when_checkpoint_tta_data_or_temperature_change() -> None:
-    from core.fitted import mismatch, provenance
+    from core.evaluation.fitted import mismatch, provenance
 
     checkpoint = [{"path": "run/best.pt", "epoch": 3, "digest": "aaaa"}]
     fitted_on = provenance(checkpoint, None, None, "valid", "data1")
@@ -222,7 +224,7 @@ def test_a_fitted_setting_stops_holding_when_checkpoint_tta_data_or_temperature_
 
 
 def test_the_report_leads_with_labelled_test_intervals_and_puts_valid_last(tmp_path: Path) -> None:
-    from core.evalfolder import read_metrics
+    from core.reporting.evalfolder import read_metrics
 
     for split in ("valid", "test", "resnet_18_test"):
         (tmp_path / f"{split}_metrics.json").write_text("{}")

@@ -15,10 +15,10 @@ import eval as eval_script
 import predict as predict_script
 import train as train_script
 from conftest import write_lab_dataset
-from core import threshold
+from core.evaluation import threshold
 from core.checkpoint import checkpoint_digest
-from core.errors import run_cli
-from core.evaluate import SELECTED_ON_VALID
+from common.errors import run_cli
+from core.evaluation.evaluate import SELECTED_ON_VALID
 
 TINY = ["-b", "8", "--seed", "1", "--workers", "0"]
 PROBS = ["prob_normal", "prob_blast"]
@@ -96,7 +96,8 @@ def test_a_threshold_chosen_on_valid_is_applied_to_test_and_the_kaggle_csv(runs,
     valid = pd.read_csv(tmp_path / "valid_probs.csv")  # evaluated although only test was asked for
     labels = pd.read_csv(data / "valid.csv")["label"].to_numpy()
     probs = valid[PROBS].to_numpy()
-    youden = lambda t: sum(threshold.operating_point(labels, threshold.decide(probs, threshold.OperatingPoint(t)), t)[k]  # noqa: E731
+    called = lambda t: threshold.decide(probs, threshold.OperatingPoint(t))  # noqa: E731
+    youden = lambda t: sum(threshold.operating_point(labels, called(t), t)[k]  # noqa: E731
                            for k in ("sensitivity", "specificity")) - 1
     assert youden(cut) == pytest.approx(max(youden(t) for t in probs[:, 1]))
     test = pd.read_csv(tmp_path / "resnet_18_test_probs.csv")
@@ -153,7 +154,7 @@ def test_an_ensemble_of_two_runs_averages_their_probabilities(runs) -> None:
 @pytest.mark.parametrize("flags, message", [(["--bootstrap", "-1"], "--bootstrap must be 0"),
                                             (["--threshold", "best"], "--threshold 'best': use youden")])
 def test_bad_evaluation_flags_are_one_line_errors(flags: list[str], message: str, tmp_path: Path, capsys) -> None:
-    from core.errors import run_cli
+    from common.errors import run_cli
 
     assert run_cli(eval_script.main, ["-m", str(tmp_path / "missing.pt"), *flags]) == 2
     err = capsys.readouterr().err
@@ -277,7 +278,7 @@ def test_an_eval_that_fails_part_way_leaves_the_earlier_outputs_as_they_were(run
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("core.evaluate.save_reliability_png", disk_full)  # after the probabilities are written
+    monkeypatch.setattr("core.evaluation.evaluate.save_reliability_png", disk_full)  # after the probabilities are written
     with pytest.raises(OSError):
         eval_script.main(["-m", str(run), "--data", str(data), "-c", "--output", str(out), "--bootstrap", "0",
                           "--seed", "5"])

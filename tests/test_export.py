@@ -18,7 +18,7 @@ import export as export_script
 import predict as predict_script
 import train as train_script
 from conftest import ROOT, write_lab_dataset
-from core.errors import run_cli
+from common.errors import run_cli
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -111,8 +111,8 @@ def test_onnx_with_the_exported_temperature_and_threshold_decides_as_eval_py(exp
     import torch
 
     from core.engine import Runtime
-    from core.ensemble import load_member
-    from core.export import preprocess_info
+    from core.evaluation.ensemble import load_member
+    from core.deploy.export import preprocess_info
 
     run, _ = exported
     copy = tmp_path / "run"  # eval.py's settings land in copy/eval/, not in the run the other tests share

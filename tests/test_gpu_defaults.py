@@ -6,8 +6,8 @@ import math
 import pytest
 
 import train
-from core.config import DEFAULT_LR, REFERENCE_BATCH
-from core.gpu_defaults import CUDA_BATCH, cuda_defaults, scaled_lr
+from core.training.config import DEFAULT_LR, REFERENCE_BATCH
+from core.training.gpu_defaults import CUDA_BATCH, cuda_defaults, scaled_lr
 
 
 def config(*flags: str):

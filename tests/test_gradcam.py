@@ -14,7 +14,7 @@ import dataloader as data
 from core import engine
 import eval as eval_script
 from core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from core.gradcam import grad_cam, heat_maps, select_tiles
+from core.evaluation.gradcam import grad_cam, heat_maps, select_tiles
 from models import build_model
 
 SIZE = 64  # layer4 is then 2 x 2, the smallest map with a place to point at

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from core.phases import Phases
+from core.training.phases import Phases
 
 
 def test_phases_add_up_to_the_total_and_nested_time_is_counted_once() -> None:

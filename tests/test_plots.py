@@ -10,15 +10,15 @@ import pytest
 
 import plot
 from core.checkpoint import checkpoint_digest
-from core.plots import confusion_panels, plot_confusions, plot_curves
+from core.reporting.plots import confusion_panels, plot_confusions, plot_curves
 from test_report import CONFIG, METRICS, make_run
 
 
 @pytest.fixture
 def figures(monkeypatch: pytest.MonkeyPatch) -> list[plt.Figure]:
-    """The figures core.plots draws, kept open for the test to inspect."""
+    """The figures core.reporting.plots draws, kept open for the test to inspect."""
     kept: list[plt.Figure] = []
-    monkeypatch.setattr("core.plots.plt.close", kept.append)
+    monkeypatch.setattr("core.reporting.plots.plt.close", kept.append)
     return kept
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torchvision
 
-from core import pretrained
+from core.training import pretrained
 import train as train_script
 from core.checkpoint import CheckpointError, load_checkpoint
 from conftest import write_lab_dataset
-from core.errors import UserError
+from common.errors import UserError
 from models import build_model
 
 TINY = ["--image-size", "32", "-b", "8", "--seed", "0", "--workers", "0"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import train as train_script
-from core.errors import UserError
-from core.progress import progress, track
+from common.errors import UserError
+from common.progress import progress, track
 
 
 def test_a_task_in_a_log_file_prints_one_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,7 +33,7 @@ def test_the_summary_counts_from_where_a_resumed_task_started(capsys: pytest.Cap
 
 
 def test_a_terminal_gets_a_tqdm_bar(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("core.progress.is_terminal", lambda: True)
+    monkeypatch.setattr("common.progress.is_terminal", lambda: True)
     with progress(3, "x", "img") as bar:
         assert type(bar).__name__ == "tqdm"
 

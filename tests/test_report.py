@@ -18,7 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 import report
 import train as train_script
 from conftest import ROOT
-from core.errors import run_cli
+from common.errors import run_cli
 
 CONFIG = {"arch": "resnet18", "model": "ResNet18", "epochs": 3, "batch_size": 8, "optimizer": "sgd",
           "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.0005, "scheduler": "cosine",

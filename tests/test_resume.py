@@ -214,7 +214,7 @@ def extended(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 
 def test_training_longer_than_a_finished_schedule_starts_a_lower_one_and_says_so(extended) -> None:
-    from core.resume import EXTEND_PEAK, EXTEND_WARMUP
+    from core.training.resume import EXTEND_PEAK, EXTEND_WARMUP
 
     run, lrs, printed, _ = extended
     peak, steps = 1e-3, 12  # adamw's default rate; 96 images / -b 8
@@ -244,7 +244,7 @@ def test_timing_adds_up_over_the_sessions_of_a_run(extended) -> None:
 def test_resuming_where_fp16_needs_a_loss_scale_the_file_lacks_starts_a_fresh_one(capsys, tmp_path: Path) -> None:
     from core import distributed
     from core.checkpoint import rng_state
-    from core.resume import Resume, restore
+    from core.training.resume import Resume, restore
     from models import build_model
 
     model = build_model("resnet18", 2)
@@ -261,7 +261,7 @@ def test_resuming_where_fp16_needs_a_loss_scale_the_file_lacks_starts_a_fresh_on
 
 def test_a_two_process_state_resumed_in_one_process_counts_both_partial_sums_once() -> None:
     from core import distributed
-    from core.resume import rank_state
+    from core.training.resume import rank_state
 
     def sums(loss: float, seen: int) -> dict:
         return {"loss": torch.tensor(loss, dtype=torch.float64), "objective": torch.tensor(loss, dtype=torch.float64),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.checkpoint import CheckpointError, resolve_checkpoint
-from core.errors import UserError
+from common.errors import UserError
 from core.runs import find_runs, newest_run
 
 

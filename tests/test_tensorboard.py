@@ -10,7 +10,7 @@ import pytest
 
 import train as train_script
 from conftest import write_lab_dataset
-from core.errors import run_cli
+from common.errors import run_cli
 
 ARGS = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "2", "--workers", "0", "--seed", "4"]
 STEPS = 3  # 24 training images / batch 8
@@ -106,7 +106,7 @@ def test_a_resumed_run_continues_the_step_axis_without_repeating_steps(lab: Path
 
 def test_the_log_says_where_it_is_and_how_to_view_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("tensorboard")
-    from core.tensorboard import TensorBoardLog
+    from core.training.tensorboard import TensorBoardLog
 
     TensorBoardLog(tmp_path / "storage" / "run", ("normal", "blast"), STEPS).close()
     out = capsys.readouterr().out

@@ -9,8 +9,8 @@ import pytest
 
 import train as train_script
 from conftest import write_lab_dataset
-from core.errors import run_cli
-from core.report import clinical_lines, describe_run
+from common.errors import run_cli
+from core.reporting.report import clinical_lines, describe_run
 
 FAST = ["--image-size", "32", "-b", "4", "-e", "1", "--workers", "0"]
 

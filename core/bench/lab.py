@@ -16,8 +16,8 @@ import torch
 
 import data
 from core import distributed
-from core.config import TrainConfig
-from core.trainer import fit
+from core.training.config import TrainConfig
+from core.training.trainer import fit
 from models import display_name
 
 OUTSIDE_TARGET = 0.15  # share of wall time outside training steps

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from core.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 from models import MODELS, build_model, canonical_name, display_name
 
 

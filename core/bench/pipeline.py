@@ -32,7 +32,7 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
-from core.errors import UserError, run_cli  # noqa: E402
+from common.errors import UserError, run_cli  # noqa: E402
 
 SOURCE_SIDE = 450  # the C-NMC image size
 SEEDS_CROP = 350  # the seeds' CenterCrop

@@ -20,9 +20,9 @@ from core.bench.models import benchmark_models, format_model_speeds
 from core.bench.pipeline import benchmark_pipeline, format_pipeline_speeds
 from core.bench.train import (LAB_TEST_IMAGES, LAB_TRAIN_IMAGES, BenchData, benchmark_predict, benchmark_training,
                               open_bench_data, write_demo_data)
-from core.config import TrainConfig
+from core.training.config import TrainConfig
 from core.engine import Runtime
-from core.errors import UserError
+from common.errors import UserError
 from models import MODELS, display_name
 
 RATIO_TARGET = 0.97  # ours / torchvision, every architecture

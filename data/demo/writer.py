@@ -13,8 +13,8 @@ import pandas as pd
 from PIL import Image
 
 from common.choices import DEMO_TASKS
-from core.errors import UserError
-from core.progress import progress
+from common.errors import UserError
+from common.progress import progress
 from data.demo.cells import render_cell, sample_cell
 from data.demo.fundus import render_fundus, sample_fundus
 

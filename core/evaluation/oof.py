@@ -19,8 +19,8 @@ import torch
 import data
 from core.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_from_checkpoint
 from core.engine import Runtime
-from core.ensemble import Member, SplitPredictOptions, predict_split
-from core.evaluate import EvalSettings, scored, summary_line
+from core.evaluation.ensemble import Member, SplitPredictOptions, predict_split
+from core.evaluation.evaluate import EvalSettings, scored, summary_line
 from core.hardware import make_runtime
 from core.runs import OOF_FILE, OOF_METRICS, write_json, write_text_atomic
 from data.folds import fold_source

@@ -1,7 +1,7 @@
 """Classify new images with one or more trained runs: what predict.py does.
 
     inputs (files, folders, globs, CSVs) -> image paths          collect_images
-    run folders / checkpoints            -> Members (model + its preprocessing)   core.ensemble.load_members
+    run folders / checkpoints            -> Members (model + its preprocessing)   core.evaluation.ensemble.load_members
     paths, batch by batch                -> probabilities (averaged over members), decisions, Grad-CAM overlays
 
 An image that cannot be read gets a row with an error message and no prediction; the others
@@ -24,14 +24,16 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core import calibration, engine
-from core.ensemble import Member, default_output, ensemble_tta, member_tta
-from core.fitted import checkpoint_records, saved_for_inference
-from core.progress import track
-from core.threshold import FILE as OPERATING_POINT_FILE
-from core.threshold import OperatingPoint, decide
-from core.errors import UserError
-from core.gradcam import OVERLAY, heat_maps
+from core.evaluation import calibration
+
+from core import engine
+from core.evaluation.ensemble import Member, default_output, ensemble_tta, member_tta
+from core.evaluation.fitted import checkpoint_records, saved_for_inference
+from common.progress import track
+from core.evaluation.threshold import FILE as OPERATING_POINT_FILE
+from core.evaluation.threshold import OperatingPoint, decide
+from common.errors import UserError
+from core.evaluation.gradcam import OVERLAY, heat_maps
 from data import BatchTransform, DataError, Preprocess, load_image
 from data.sources import IMAGE_EXTENSIONS, column, is_image, natural_key, read_csv, resolve_path
 

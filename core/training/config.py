@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.choices import AUGMENT_POLICIES
-from core.errors import UserError
+from common.errors import UserError
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-REFERENCE_BATCH = 32  # the lab's batch; DEFAULT_LR was tuned at it (core/gpu_defaults.py scales from it)
+REFERENCE_BATCH = 32  # the lab's batch; DEFAULT_LR was tuned at it (core/training/gpu_defaults.py scales from it)
 DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
 # learning_rate: a run stopped by a NaN loss continues from its last finite state with a lower -r.
 RESUME_OVERRIDES = ("epochs", "learning_rate", "device", "workers", "save_every", "save_minutes", "amp", "compile", "compile_mode",
@@ -53,7 +53,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     class_weights: str = "none"
     balanced_sampler: bool = False
-    folds: int = 0  # k-fold cross-validation over train+valid (core/cv.py); 0 = one train/valid split
+    folds: int = 0  # k-fold cross-validation over train+valid (core/training/cv.py); 0 = one train/valid split
     tensorboard: bool = False
     augment: str | None = None  # rotate, upright, none; None until fit() fills in the layout's default
     ema: bool = False

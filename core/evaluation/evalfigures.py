@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
-from core.metrics import wrap_title  # noqa: E402
+from core.evaluation.metrics import wrap_title  # noqa: E402
 
 
 def save_curves_png(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], op: dict[str, Any] | None,

@@ -13,11 +13,11 @@ from typing import Any
 
 from PIL import Image
 
-from core.baseline import baseline_note
-from core.errors import UserError
-from core.evalfolder import EnsembleReport, run_evaluations
-from core.cvsummary import report_table as cv_table
-from core.plots import confusion_panels, plot_confusions, plot_curves
+from core.evaluation.baseline import baseline_note
+from common.errors import UserError
+from core.reporting.evalfolder import EnsembleReport, run_evaluations
+from core.training.cvsummary import report_table as cv_table
+from core.reporting.plots import confusion_panels, plot_confusions, plot_curves
 from core.runs import is_cv_run, read_config, read_history
 
 # config.json key -> train.py flag, in the order a person would write them

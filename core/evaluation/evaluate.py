@@ -4,12 +4,12 @@ Metrics JSON (``<split>_metrics.json``): ``accuracy``, ``weighted_f1``, ``macro_
 ``roc_auc`` (two classes) or ``quadratic_kappa`` (grades) are each ``{"value": x, "ci95": [lo, hi]}``
 (``ci95`` is null with ``--bootstrap 0`` or where undefined); ``bootstrap`` says how many resamples
 of which unit (``patients`` or ``images``); ``patients`` holds the same metrics per patient where
-file names carry patient ids (``rule``: how a patient's label and prediction are made, core/patients.py);
+file names carry patient ids (``rule``: how a patient's label and prediction are made, core/evaluation/per_patient.py);
 ``operating_point`` (two classes: ``threshold``, ``positive_class``, sensitivity, ...) and ``calibration``
-as named; ``evaluated`` (core.fitted.provenance): the checkpoints (path, epoch, digest), the TTA used
+as named; ``evaluated`` (core.evaluation.fitted.provenance): the checkpoints (path, epoch, digest), the TTA used
 (null: off; ``flips+rot90``, ``none``), the temperature applied, the split and its data fingerprint;
 ``baseline_accuracy`` (always answering ``baseline_class``, the split's most frequent class) and
-``not_better_than_baseline`` (the accuracy's interval does not clear it), core/baseline.py.
+``not_better_than_baseline`` (the accuracy's interval does not clear it), core/evaluation/baseline.py.
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from core import calibration, threshold
-from core.baseline import baseline_note, majority_baseline
-from core.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
-from core.evalfigures import save_curves_png, save_reliability_png
-from core.metrics import classification_metrics, confusion, save_confusion_png
-from core.patients import MEAN_PROBABILITY, mean_probs, patient_predictions, patient_rule, patient_table
+from core.evaluation import calibration, threshold
+from core.evaluation.baseline import baseline_note, majority_baseline
+from core.evaluation.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics, with_intervals
+from core.evaluation.evalfigures import save_curves_png, save_reliability_png
+from core.evaluation.metrics import classification_metrics, confusion, save_confusion_png
+from core.evaluation.per_patient import MEAN_PROBABILITY, mean_probs, patient_predictions, patient_rule, patient_table
 from core.runs import write_json, write_text_atomic
-from core.threshold import DEFAULT_POSITIVE, OperatingPoint
+from core.evaluation.threshold import DEFAULT_POSITIVE, OperatingPoint
 from data import Split
 from data.patients import split_patients
 
@@ -48,7 +48,7 @@ class EvalSettings:
     temperature: float | None = None  # already applied to the probabilities; recorded in the metrics
     resamples: int = 2000
     seed: int = 0
-    evaluated: dict[str, Any] | None = None  # core.fitted.provenance without the split: what was evaluated
+    evaluated: dict[str, Any] | None = None  # core.evaluation.fitted.provenance without the split: what was evaluated
 
     @property
     def positive(self) -> int:
@@ -116,7 +116,8 @@ def scored(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, s: EvalSett
 
 def patient_metrics(split_name: str, patients: np.ndarray, rule: str,
                     predicted: tuple[np.ndarray, np.ndarray, np.ndarray], s: EvalSettings) -> dict[str, Any]:
-    """``<split>_patients.csv`` and the metrics of the patient-level predictions by ``rule`` (core.patients);
+    """``<split>_patients.csv`` and the metrics of the patient-level predictions by ``rule``
+    (core.evaluation.per_patient);
     ``predicted`` is the images' (labels, probabilities, predictions)."""
     table = patient_table(patients, *predicted, s.classes)
     patient_probs = mean_probs(table, s.classes)

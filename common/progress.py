@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
-from core.errors import UserError
+from common.errors import UserError
 
 T = TypeVar("T")
 DEFAULT_SECONDS = 30.0

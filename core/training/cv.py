@@ -25,13 +25,13 @@ import torch
 import data
 from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint
-from core.config import TrainConfig, check_config
-from core.cvsummary import format_table, write_summary
+from core.training.config import TrainConfig, check_config
+from core.training.cvsummary import format_table, write_summary
 from core.runs import FOLD_DIR
-from core.errors import UserError
-from core.oof import write_oof
+from common.errors import UserError
+from core.evaluation.oof import write_oof
 from core.runs import is_cv_run, link_latest, pick_run, read_config, write_json, write_text_atomic
-from core.trainer import Resume, fit, new_run_dir
+from core.training.trainer import Resume, fit, new_run_dir
 from data.folds import assign_folds, describe_folds, fold_source, pooled, read_folds
 from data.patients import find_patients
 from models import display_name

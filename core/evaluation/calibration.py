@@ -2,7 +2,7 @@
 
 ``--calibrate`` fits one temperature T on the valid split (minimum cross-entropy of
 softmax(log p / T)), saves it as ``temperature.json`` beside the eval outputs with what it was
-fitted on (core.fitted) and applies it to every probability written; dividing all logits by one
+fitted on (core.evaluation.fitted) and applies it to every probability written; dividing all logits by one
 positive number keeps every arg-max (softmax(log p / T) = softmax(logits / T)).
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def save(folder: Path, temperature: float, before: dict[str, float], after: dict[str, float],
          fitted_on: dict[str, Any]) -> None:
-    """``fitted_on``: core.fitted.provenance (checkpoints, TTA, split, data fingerprint)."""
+    """``fitted_on``: core.evaluation.fitted.provenance (checkpoints, TTA, split, data fingerprint)."""
     write_json(folder / FILE, {"temperature": temperature, "fitted_on": fitted_on, "before": before, "after": after})
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError
-from core.freshness import stale_reasons
+from common.errors import UserError
+from core.reporting.freshness import stale_reasons
 from core.runs import is_run
 
 MEMBERS_FILE = "ensemble.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from core.config import REFERENCE_BATCH, TrainConfig
+from core.training.config import REFERENCE_BATCH, TrainConfig
 
 CUDA_BATCH = 256  # fills an H100 for ResNet18-152 at 224 px with bf16 (ResNet152: about 60 GiB)
 

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from core import distributed
-from core.config import TrainConfig
-from core.errors import UserError
-from core.resume import command_line
+from core.training.config import TrainConfig
+from common.errors import UserError
+from core.training.resume import command_line
 from common.choices import display_name
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 ``--threshold youden`` (maximises sensitivity + specificity - 1), ``sens=0.95`` (the most specific
 point that keeps sensitivity at least 0.95) or a number is chosen on the valid split, saved as
-``operating_point.json`` beside the run's eval outputs with what it was chosen on (core.fitted),
+``operating_point.json`` beside the run's eval outputs with what it was chosen on (core.evaluation.fitted),
 and applied to every split and the Kaggle CSV; later evaluations of the run read it back. Without
 one the threshold is 0.5. The positive class is ``--positive-class`` (default: class index 1, the
 second class of the checkpoint's class list: for 0/1 labels, 1).
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from core.errors import UserError
+from common.errors import UserError
 from core.runs import read_saved, write_json
 
 FILE = "operating_point.json"
@@ -97,7 +97,7 @@ def class_index(value: int | str, classes: Sequence[str], where: Path | str) -> 
 
 
 def save(folder: Path, rule: str, threshold: float, positive_class: str, fitted_on: dict[str, Any]) -> None:
-    """``fitted_on``: core.fitted.provenance (checkpoints, TTA, temperature in force, split, data)."""
+    """``fitted_on``: core.evaluation.fitted.provenance (checkpoints, TTA, temperature in force, split, data)."""
     write_json(folder / FILE, {"threshold": threshold, "rule": rule, "positive_class": positive_class,
                                "fitted_on": fitted_on})
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-from core.errors import UserError
+from common.errors import UserError
 
 CUBLAS_WORKSPACE = ":4096:8"  # what the CUDA docs ask for to make cuBLAS reproducible
 _NO_DETERMINISTIC = re.compile(r"^(\S+) does not have a deterministic implementation")

@@ -17,21 +17,21 @@ from torch.nn.parallel import DistributedDataParallel
 import data
 from core import distributed, engine
 from core.checkpoint import preprocess_from_checkpoint, rng_state, save_checkpoint
-from core.config import TrainConfig
-from core.ema import ModelEMA
-from core.phases import Phases
-from core.errors import UserError
+from core.training.config import TrainConfig
+from core.training.ema import ModelEMA
+from core.training.phases import Phases
+from common.errors import UserError
 from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
-from core.pretrained import load_pretrained
-from core.progress import plural
-from core.resume import (COUNTERS, Counters, Resume, accumulated, earlier_timing, lr_segments, restore,
-                         segmented_schedule, with_history)
-from core.run_folder import check_writable, new_run_dir, run_info
+from core.training.pretrained import load_pretrained
+from common.progress import plural
+from core.training.resume import (COUNTERS, Counters, Resume, accumulated, earlier_timing, lr_segments, restore,
+                                  segmented_schedule, with_history)
+from core.training.run_folder import check_writable, new_run_dir, run_info
 from core.runs import link_latest, write_history, write_json, write_text_atomic
-from core.signals import StopSignal
+from core.training.signals import StopSignal
 from models import build_model, display_name
 
-__all__ = ["Resume", "fit", "check_writable", "new_run_dir"]  # train.py and core/cv.py import these from here
+__all__ = ["Resume", "fit", "check_writable", "new_run_dir"]  # train.py and core/training/cv.py import these from here
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Run:
     meta: dict[str, Any]  # what every checkpoint carries besides the state: arch, classes, preprocessing, config
     counters: Counters
     last_save: float = field(default_factory=time.monotonic)
-    tb: Any = None  # core.tensorboard.TensorBoardLog with --tensorboard (main process only)
+    tb: Any = None  # core.training.tensorboard.TensorBoardLog with --tensorboard (main process only)
     ema: ModelEMA | None = None  # with --ema: what is validated and saved in best.pt
     phases: Phases = field(default_factory=Phases)  # wall time per phase -> timing.json
     saved: tuple[int, int] | None = None  # (epoch, step) that last.pt holds, once there is one
@@ -283,7 +283,7 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
             "config": asdict(replace(cfg, models=(arch,))), "lr_segments": segments}
     tb = None
     if cfg.tensorboard and dist.is_main:
-        from core.tensorboard import TensorBoardLog
+        from core.training.tensorboard import TensorBoardLog
 
         tb = TensorBoardLog(run_dir, source.classes, steps, start_step=counters.epoch * steps + counters.step)
     return Run(arch, cfg, run_dir, raw, learner, train_loader, valid_loader,

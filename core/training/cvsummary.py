@@ -5,7 +5,7 @@
     cv_summary.json  {"folds": [...], "mean": {...}, "std": {...}, "k": K, "finished": n}
 
 The best epoch of a fold is chosen on that same fold, so its scores are optimistic; the last epoch's
-are not, and the run's headline is the out-of-fold metrics (core/oof.py, oof_metrics.json).
+are not, and the run's headline is the out-of-fold metrics (core/evaluation/oof.py, oof_metrics.json).
 The standard deviation is the sample one (ddof=1), the spread a paper reports over folds.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 The ONNX graph takes float32 N x 3 x H x W images, already preprocessed (see the JSON), with any
 batch size N, and returns logits N x C. The JSON also carries what eval.py fitted for this
-checkpoint without TTA (core.fitted): probabilities are softmax(logits / temperature), and the
+checkpoint without TTA (core.evaluation.fitted): probabilities are softmax(logits / temperature), and the
 operating point calls ``positive_class`` where its probability reaches ``threshold.value``.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import UserError
+from common.errors import UserError
 from core.extras import require
-from core.ensemble import Member, default_output
-from core.fitted import checkpoint_records, saved_for_inference
+from core.evaluation.ensemble import Member, default_output
+from core.evaluation.fitted import checkpoint_records, saved_for_inference
 from core.runs import write_json
 
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted on the logits

@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core import calibration, threshold
+from core.evaluation import calibration, threshold
 from core.checkpoint import checkpoint_digest
-from core.errors import UserError
-from core.threshold import OperatingPoint
+from common.errors import UserError
+from core.evaluation.threshold import OperatingPoint
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def accuracy(cm: np.ndarray) -> np.ndarray:
 
 
 def macro_recall(cm: np.ndarray) -> np.ndarray:
-    """Mean recall over the classes present in each resample (as core.metrics scores the point estimate)."""
+    """Mean recall over the classes present in each resample (as core.evaluation.metrics scores the point estimate)."""
     support = cm.sum(axis=2)
     tp = np.diagonal(cm, axis1=1, axis2=2)
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
