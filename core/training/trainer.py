@@ -36,7 +36,7 @@ __all__ = ["Resume", "fit", "check_writable", "new_run_dir"]  # train.py and cor
 
 @dataclass
 class Run:
-    """Everything ``fit`` works with, built once by ``setup``."""
+    """Everything ``fit`` works with, built once, complete, by ``setup``."""
 
     arch: str
     cfg: TrainConfig
@@ -102,8 +102,7 @@ def fit(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.devi
     cfg = replace(cfg, augment=cfg.augment or data.default_augment(source.layout))  # stored as chosen
     phases = Phases(sync=torch.cuda.synchronize if device.type == "cuda" else None)
     with phases.time("setup"):
-        run = setup(arch, cfg, source, device, dist, resume)
-    run.phases = phases
+        run = setup(arch, cfg, source, device, dist, resume, phases)
     stop = StopSignal(verbose=dist.is_main)  # before the first print, so a signal from now on saves last.pt
     if dist.is_main:
         announce(run, source)
@@ -249,7 +248,7 @@ def epoch_line(row: dict[str, float], epochs: int, best: bool) -> str:
 
 
 def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.device, dist: distributed.Dist,
-          resume: Resume | None) -> Run:
+          resume: Resume | None, phases: Phases) -> Run:
     """Data, model, optimizer and counters for one architecture; restored from ``resume`` if given.
 
     The order of the random draws (seeding, weight init, then the restored RNG state) is what
@@ -260,43 +259,64 @@ def setup(arch: str, cfg: TrainConfig, source: data.DataSource, device: torch.de
     enable_fast_kernels(device)  # training only: eval.py and predict.py keep PyTorch's defaults
     rt = make_runtime(device, cfg.amp, cfg.channels_last)
     prep = preprocess_from_checkpoint(resume.ckpt, resume.run_dir / "last.pt") if resume else prepare(source, cfg, dist)
-    train_set, valid_set = open_datasets(source, prep, cfg, dist)
-    train_loader, valid_loader = make_loaders(train_set, valid_set, cfg, device, dist)
-    raw, model = make_model(arch, len(source.classes), cfg, rt, dist, load_weights=resume is None)
-    optimizer = engine.make_optimizer(raw, cfg.optimizer, cfg.learning_rate, cfg.momentum, cfg.weight_decay, device,
-                                      backbone_lr_scale=cfg.backbone_lr_scale)
-    scaler = torch.amp.GradScaler(device.type, enabled=rt.amp_dtype == torch.float16)
-    weights = data.class_weights(source.splits["train"].labels, cfg.class_weights, num_classes=len(source.classes))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if cfg.class_weights != "none" else None,
-                                        label_smoothing=cfg.label_smoothing)
-    augment = data.BatchTransform(prep, train=True, policy=cfg.augment).to(device)
-    learner = engine.Learner(model, loss_fn, optimizer, scaler, augment, rt, show_progress=dist.is_main)
-    steps = len(train_loader)
-    ema = ModelEMA(raw, cfg.ema_decay) if cfg.ema else None
-    counters = restore(resume, (raw, ema), optimizer, scaler, device, dist) if resume else Counters()
+    train_loader, valid_loader = make_loaders(*open_datasets(source, prep, cfg, dist), cfg, device, dist)
+    raw, learner, ema = make_learner(arch, source, prep, cfg, rt, dist, load_weights=resume is None)
+    counters = (restore(resume, (raw, ema), learner.optimizer, learner.scaler, device, dist) if resume
+                else Counters())
     segments, note = lr_segments(resume.ckpt if resume else None, cfg, counters.epoch)
     if note and dist.is_main:
         print(note)
     run_dir = resume.run_dir if resume else new_run_dir(cfg, arch, dist)
-    meta = {"arch": arch, "model_options": {"head": cfg.head}, "num_classes": len(source.classes),
-            "classes": list(source.classes), "task": source.task, "preprocess": prep.to_dict(),
-            "config": asdict(replace(cfg, models=(arch,))), "lr_segments": segments}
-    tb = None
-    if cfg.tensorboard and dist.is_main:
-        from core.training.tensorboard import TensorBoardLog
-
-        tb = TensorBoardLog(run_dir, source.classes, steps, start_step=counters.epoch * steps + counters.step)
+    steps = len(train_loader)
     return Run(arch, cfg, run_dir, raw, learner, train_loader, valid_loader,
-               data.BatchTransform(prep, train=False).to(device), segmented_schedule(segments, cfg, steps), dist,
-               meta, counters, tb=tb, ema=ema, saved=(counters.epoch, counters.step) if resume else None,
+               eval_tf=data.BatchTransform(prep, train=False).to(device),
+               schedule=segmented_schedule(segments, cfg, steps), dist=dist,
+               meta=checkpoint_meta(arch, cfg, source, prep, segments), counters=counters,
+               tb=open_tensorboard(run_dir, source, steps, counters, cfg, dist), ema=ema, phases=phases,
+               saved=(counters.epoch, counters.step) if resume else None,
                resumed_at=counters.epoch if resume else None,
                earlier_timing=earlier_timing(run_dir, resume is not None) if dist.is_main else {})
+
+
+def make_learner(arch: str, source: data.DataSource, prep: data.Preprocess, cfg: TrainConfig, rt: engine.Runtime,
+                 dist: distributed.Dist, load_weights: bool) -> tuple[torch.nn.Module, engine.Learner, ModelEMA | None]:
+    """The plain model, the Learner (model as trained, optimizer, loss, gradient scaler, augmentation) and,
+    with --ema, the weight average."""
+    raw, model = make_model(arch, len(source.classes), cfg, rt, dist, load_weights)
+    optimizer = engine.make_optimizer(raw, cfg.optimizer, cfg.learning_rate, cfg.momentum, cfg.weight_decay,
+                                      rt.device, backbone_lr_scale=cfg.backbone_lr_scale)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    weights = data.class_weights(source.splits["train"].labels, cfg.class_weights, num_classes=len(source.classes))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(rt.device) if cfg.class_weights != "none" else None,
+                                        label_smoothing=cfg.label_smoothing)
+    augment = data.BatchTransform(prep, train=True, policy=cfg.augment).to(rt.device)
+    learner = engine.Learner(model, loss_fn, optimizer, scaler, augment, rt, show_progress=dist.is_main)
+    return raw, learner, ModelEMA(raw, cfg.ema_decay) if cfg.ema else None
+
+
+def checkpoint_meta(arch: str, cfg: TrainConfig, source: data.DataSource, prep: data.Preprocess,
+                    segments: list[dict]) -> dict[str, Any]:
+    """What every checkpoint carries besides the state: architecture, classes, preprocessing, settings."""
+    return {"arch": arch, "model_options": {"head": cfg.head}, "num_classes": len(source.classes),
+            "classes": list(source.classes), "task": source.task, "preprocess": prep.to_dict(),
+            "config": asdict(replace(cfg, models=(arch,))), "lr_segments": segments}
+
+
+def open_tensorboard(run_dir: Path, source: data.DataSource, steps: int, counters: Counters, cfg: TrainConfig,
+                     dist: distributed.Dist) -> Any:
+    """The TensorBoard log with --tensorboard, on the main process only (else None)."""
+    if not (cfg.tensorboard and dist.is_main):
+        return None
+    from core.training.tensorboard import TensorBoardLog
+
+    return TensorBoardLog(run_dir, source.classes, steps, start_step=counters.epoch * steps + counters.step)
 
 
 def announce(run: Run, source: data.DataSource) -> None:
     """config.json, storage/latest and the run's first line."""
     cfg, rt, dist = run.cfg, run.learner.rt, run.dist
-    write_json(run.run_dir / "config.json", with_history(run_info(run.arch, run.meta, run.dist.world_size, source), run.run_dir, run.resumed_at))
+    info = run_info(run.arch, run.meta, run.dist.world_size, source)
+    write_json(run.run_dir / "config.json", with_history(info, run.run_dir, run.resumed_at))
     write_text_atomic(run.run_dir / data.SPLITS_FILE, data.splits_csv(source))  # eval and --resume read it back
     link_latest(Path(cfg.out), run.run_dir)
     print(f"{display_name(run.arch)}: {sum(p.numel() for p in run.raw.parameters()):,} parameters, "
@@ -355,8 +375,10 @@ def open_datasets(source: data.DataSource, prep: data.Preprocess, cfg: TrainConf
                   dist: distributed.Dist) -> tuple[data.ImageDataset, data.ImageDataset]:
     """Train and valid datasets; rank 0 opens (and if needed builds) the caches before the others."""
     cache_dir = Path(cfg.out) / "cache" if cfg.cache else None
-    for turn in (True, False):
-        if dist.is_main == turn:
-            sets = tuple(data.ImageDataset(source.splits[s], prep, cache_dir) for s in ("train", "valid"))
-        distributed.barrier(dist)
+    open_both = lambda: tuple(data.ImageDataset(source.splits[s], prep, cache_dir) for s in ("train", "valid"))  # noqa: E731
+    sets = open_both() if dist.is_main else None
+    distributed.barrier(dist)  # the caches exist now
+    if not dist.is_main:
+        sets = open_both()
+    distributed.barrier(dist)
     return sets
