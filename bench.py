@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 from typing import TYPE_CHECKING
 
+from common.errors import UserError, run_cli
 from core.bench import SECTIONS
 from core.cli import model_name
-from common.errors import UserError, run_cli
 
 if TYPE_CHECKING:
     from core.bench.suite import BenchConfig

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from common.choices import display_name
-from core.cli import cam_count, positive_int
 from common.errors import UserError, run_cli
+from core.cli import cam_count, positive_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,15 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {args.bootstrap})")
-    from core.evaluation import calibration, fitted, threshold
-    from core.training import cv
+    import data
     from core.checkpoint import CheckpointError
+    from core.evaluation import calibration, fitted, threshold
     from core.evaluation.ensemble import (SplitPredictOptions, default_output, member_records, ensemble_name,
                                           ensemble_tta, load_members, predict_split)
     from core.evaluation.evaluate import EvalSettings, write_split
     from core.hardware import make_runtime, pick_device
     from core.runs import pick_run, staged_folder, write_json
-    import data
+    from core.training import cv
 
     specs = [pick_run(p) for p in args.model_path]  # 'latest' or a folder of runs -> one run, said once
     cv_dir = cv.cv_folder(specs[0]) if len(specs) == 1 else None

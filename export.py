@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     import torch
 
-    from core.engine import Runtime
     from core.deploy.export import TOLERANCE, export_onnx
+    from core.engine import Runtime
     from core.evaluation.ensemble import load_member
     from models import display_name
 

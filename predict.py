@@ -16,8 +16,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
-from core.cli import positive_int
 from common.errors import UserError, run_cli
+from core.cli import positive_int
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from common.choices import ARCHITECTURES, LAYOUTS, SPLIT_METHODS, display_name
+from common.errors import run_cli
 from core.cli import model_name
 from core.training.config import (AUGMENT_POLICIES, COMPILE_MODES, DEFAULT_LR, DEFAULT_WD, REFERENCE_BATCH,
                                   RESUME_OVERRIDES, TrainConfig, check_config)
-from common.errors import run_cli
 
 if TYPE_CHECKING:
     import data
@@ -128,12 +128,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    from core.training import cv
     from core import distributed
     from core.checkpoint import load_checkpoint, resolve_checkpoint
-    from core.training.gpu_defaults import cuda_defaults
     from core.hardware import pick_device
     from core.runs import pick_run
+    from core.training import cv
+    from core.training.gpu_defaults import cuda_defaults
     from core.training.resume import elastic_cv_dir, elastic_resume, restart_note
     from core.training.run_folder import run_dir_for
     from core.training.trainer import Resume, check_writable, fit
@@ -190,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def screen_unreadable(source: data.DataSource, cfg: TrainConfig, skip: bool, dist: Any) -> data.DataSource:
     """Every unreadable train/valid image named at once, before any long work (the main process decodes)."""
-    from core import distributed
     from common.progress import progress
+    from core import distributed
     from data.scan import screen_unreadable as screen
 
     found = None

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from core.engine import Runtime
 from common.errors import UserError
+from core.engine import Runtime
 
 
 def pick_device(name: str) -> torch.device:

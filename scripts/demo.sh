@@ -10,7 +10,7 @@ COMMON=(--data new_dataset --out "$OUT" --image-size 64 -b 32 --workers 0 --seed
 
 $PY demo_data.py --out new_dataset
 rm -rf "$OUT"
-$PY train.py -m ResNet18 -e 8 --name ResNet18 --warmup-epochs 2 "${COMMON[@]}"   # no dip at epoch 3
+$PY train.py -m ResNet18 -e 8 --name ResNet18 --warmup-epochs 2 "${COMMON[@]}"   # a gentler start; one dip remains
 $PY train.py -m ResNet50 -e 4 --name ResNet50 "${COMMON[@]}"
 $PY train.py -m ResNet152 -e 3 --name ResNet152 "${COMMON[@]}"
 for run in ResNet18 ResNet50 ResNet152; do

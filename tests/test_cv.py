@@ -14,8 +14,8 @@ import eval as evaluate
 import plot
 import report
 import train
-from core.training.cvsummary import BEST_METRICS, write_summary
 from core.runs import find_runs, write_history, write_json
+from core.training.cvsummary import BEST_METRICS, write_summary
 
 K = 3
 TINY = ["-e", "2", "-b", "8", "--image-size", "32", "--device", "cpu", "--seed", "0"]

@@ -484,8 +484,8 @@ def test_training_shards_pad_so_every_rank_has_the_same_batches() -> None:
 
 
 def test_a_training_epoch_of_62_images_at_batch_32_sees_every_image() -> None:
-    from core.training.config import TrainConfig
     from core.distributed import Dist
+    from core.training.config import TrainConfig
     from core.training.trainer import make_loaders
 
     train, _ = make_loaders(index_dataset(62), index_dataset(8), TrainConfig(batch_size=32), torch.device("cpu"),

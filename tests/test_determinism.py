@@ -17,10 +17,10 @@ import torch
 
 import train as train_script
 from conftest import ROOT
-from core import engine
-from core.training.determinism import deterministic_errors, make_deterministic
 from common.errors import UserError, run_cli
+from core import engine
 from core.hardware import enable_fast_kernels
+from core.training.determinism import deterministic_errors, make_deterministic
 
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "1", "--workers", "0", "--seed", "4"]
 NO_DETERMINISTIC = ("adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, but you set "

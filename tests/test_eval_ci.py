@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, recall_score, roc_auc_score
 
+from common.errors import UserError
 from core.evaluation import calibration, threshold
 from core.evaluation.bootstrap import (BootstrapPlan, accuracy, bootstrap_ci, confusions, macro_recall,
                                        quadratic_kappa, roc_auc, standard_metrics, weighted_f1, with_intervals)
-from common.errors import UserError
 from core.evaluation.metrics import classification_metrics
 from core.evaluation.per_patient import mean_probs, patient_predictions, patient_rule, patient_table
 from data import RETINOPATHY_CLASSES, open_data

@@ -15,9 +15,9 @@ import eval as eval_script
 import predict as predict_script
 import train as train_script
 from conftest import write_lab_dataset
-from core.evaluation import threshold
-from core.checkpoint import checkpoint_digest
 from common.errors import run_cli
+from core.checkpoint import checkpoint_digest
+from core.evaluation import threshold
 from core.evaluation.evaluate import SELECTED_ON_VALID
 
 TINY = ["-b", "8", "--seed", "1", "--workers", "0"]

@@ -110,9 +110,9 @@ def test_onnx_with_the_exported_temperature_and_threshold_decides_as_eval_py(exp
                                                                             tmp_path: Path) -> None:
     import torch
 
+    from core.deploy.export import preprocess_info
     from core.engine import Runtime
     from core.evaluation.ensemble import load_member
-    from core.deploy.export import preprocess_info
 
     run, _ = exported
     copy = tmp_path / "run"  # eval.py's settings land in copy/eval/, not in the run the other tests share

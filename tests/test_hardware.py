@@ -11,8 +11,8 @@ import torch
 
 import train as train_script
 from core import hardware
-from core.training import trainer
 from core.hardware import enable_fast_kernels, make_runtime
+from core.training import trainer
 
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "1", "--workers", "0", "--device", "cpu"]
 

@@ -14,8 +14,8 @@ import eval as eval_script
 import predict as predict_script
 import train as train_script
 from conftest import write_lab_dataset
-from core.evaluation import fitted, threshold
 from common.errors import run_cli
+from core.evaluation import fitted, threshold
 
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "1", "--workers", "0"]
 

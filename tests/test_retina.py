@@ -16,11 +16,11 @@ from sklearn.utils.class_weight import compute_class_weight
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data import Jitter  # noqa: E402
 from dataloader import (  # noqa: E402
     RETINOPATHY_CLASSES, UNLABELLED, BatchTransform, DataError, ImageDataset, Preprocess, RetinopathyLoader,
     Sampling, class_weights, fundus_box, load_image, make_loader, open_data,
 )
-from data import Jitter  # noqa: E402
 
 ORANGE = (230, 120, 40)
 # Ten patients, both eyes each; the right eye is at most as sick as the left.

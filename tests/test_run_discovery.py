@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.checkpoint import CheckpointError, resolve_checkpoint
 from common.errors import UserError
+from core.checkpoint import CheckpointError, resolve_checkpoint
 from core.runs import find_runs, newest_run
 
 

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from core.evaluation.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics
 from common.errors import UserError, run_cli
+from core.evaluation.bootstrap import BootstrapPlan, bootstrap_ci, standard_metrics
 
 
 def time_bootstrap(images: int, classes: int, resamples: int, per_patient: int | None) -> float:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 import torchvision
 
+from common.errors import UserError
 from core.bench.audit import CNMC_IMAGES, CNMC_SIDE, benchmark_audit
 from core.bench.audit import format_audit_row
 from core.bench.lab import benchmark_lab, format_lab
@@ -20,9 +21,8 @@ from core.bench.models import benchmark_models, format_model_speeds
 from core.bench.pipeline import benchmark_pipeline, format_pipeline_speeds
 from core.bench.train import (LAB_TEST_IMAGES, LAB_TRAIN_IMAGES, BenchData, benchmark_predict, benchmark_training,
                               open_bench_data, write_demo_data)
-from core.training.config import TrainConfig
 from core.engine import Runtime
-from common.errors import UserError
+from core.training.config import TrainConfig
 from models import MODELS, display_name
 
 RATIO_TARGET = 0.97  # ours / torchvision, every architecture

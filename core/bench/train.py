@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 import data
-from data import demo
 from core import engine
 from core.bench.pipeline import memory_mib
+from data import demo
 from models import build_model
 
 LAB_TRAIN_IMAGES = 7_995  # C-NMC training images: one lab epoch

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from core.extras import require
 from core.evaluation.ensemble import Member, default_output
 from core.evaluation.fitted import checkpoint_records, saved_for_inference
+from core.extras import require
 from core.runs import write_json
 
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted on the logits

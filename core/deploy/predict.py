@@ -26,14 +26,14 @@ from PIL import Image
 
 from core.evaluation import calibration
 
+from common.errors import UserError
+from common.progress import track
 from core import engine
 from core.evaluation.ensemble import Member, default_output, ensemble_tta, member_tta
 from core.evaluation.fitted import checkpoint_records, saved_for_inference
-from common.progress import track
+from core.evaluation.gradcam import OVERLAY, heat_maps
 from core.evaluation.threshold import FILE as OPERATING_POINT_FILE
 from core.evaluation.threshold import OperatingPoint, decide
-from common.errors import UserError
-from core.evaluation.gradcam import OVERLAY, heat_maps
 from data import BatchTransform, DataError, Preprocess, load_image
 from data.sources import IMAGE_EXTENSIONS, column, is_image, natural_key, read_csv, resolve_path
 

@@ -26,8 +26,8 @@ from core.evaluation.bootstrap import BootstrapPlan, bootstrap_ci, standard_metr
 from core.evaluation.evalfigures import save_curves_png, save_reliability_png
 from core.evaluation.metrics import classification_metrics, confusion, save_confusion_png
 from core.evaluation.per_patient import MEAN_PROBABILITY, mean_probs, patient_predictions, patient_rule, patient_table
-from core.runs import write_json, write_text_atomic
 from core.evaluation.threshold import DEFAULT_POSITIVE, OperatingPoint
+from core.runs import write_json, write_text_atomic
 from data import Split
 from data.patients import split_patients
 

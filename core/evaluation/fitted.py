@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.evaluation import calibration, threshold
-from core.checkpoint import checkpoint_digest
 from common.errors import UserError
+from core.checkpoint import checkpoint_digest
+from core.evaluation import calibration, threshold
 from core.evaluation.threshold import OperatingPoint
 
 

@@ -19,8 +19,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from common.errors import UserError  # noqa: E402
-from core.reporting.freshness import refresh_command, stale_reasons  # noqa: E402
 from core.evaluation.metrics import draw_confusion, normalise_rows  # noqa: E402
+from core.reporting.freshness import refresh_command, stale_reasons  # noqa: E402
 from core.runs import is_cv_run, read_config, read_confusion, read_history  # noqa: E402
 
 

@@ -13,12 +13,12 @@ from typing import Any
 
 from PIL import Image
 
-from core.evaluation.baseline import baseline_note
 from common.errors import UserError
+from core.evaluation.baseline import baseline_note
 from core.reporting.evalfolder import EnsembleReport, run_evaluations
-from core.training.cvsummary import report_table as cv_table
 from core.reporting.plots import confusion_panels, plot_confusions, plot_curves
 from core.runs import is_cv_run, read_config, read_history
+from core.training.cvsummary import report_table as cv_table
 
 # config.json key -> train.py flag, in the order a person would write them
 TRAIN_FLAGS = (("epochs", "-e"), ("batch_size", "-b"), ("optimizer", "-o"), ("learning_rate", "-r"),

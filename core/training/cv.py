@@ -23,14 +23,14 @@ import pandas as pd
 import torch
 
 import data
+from common.errors import UserError
 from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint
+from core.evaluation.oof import write_oof
+from core.runs import FOLD_DIR
+from core.runs import is_cv_run, link_latest, pick_run, read_config, write_json, write_text_atomic
 from core.training.config import TrainConfig, check_config
 from core.training.cvsummary import format_table, write_summary
-from core.runs import FOLD_DIR
-from common.errors import UserError
-from core.evaluation.oof import write_oof
-from core.runs import is_cv_run, link_latest, pick_run, read_config, write_json, write_text_atomic
 from core.training.trainer import Resume, fit, new_run_dir
 from data.folds import assign_folds, describe_folds, fold_source, pooled, read_folds
 from data.patients import find_patients

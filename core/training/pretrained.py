@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import CheckpointError, load_checkpoint, state_dict_from
 from common.errors import UserError
+from core.checkpoint import CheckpointError, load_checkpoint, state_dict_from
 from models import ResNet, display_name
 
 # torchvision's best ImageNet-1K weights for each architecture (acc@1 69.8 / 73.3 / 80.9 / 81.9 / 82.3).

@@ -23,9 +23,9 @@ import torch
 
 from core import distributed, engine
 from core.checkpoint import CheckpointError, load_checkpoint, set_rng_state
+from core.runs import is_cv_run, read_config
 from core.training.config import TrainConfig
 from core.training.ema import ModelEMA
-from core.runs import is_cv_run, read_config
 
 COUNTERS = ("epoch", "step", "history", "best_acc", "best_epoch")  # the loop's state, saved in every checkpoint
 # Training longer than a finished schedule (-e N on --resume): a new cosine over the extra epochs from

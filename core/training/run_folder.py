@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from common.choices import display_name
+from common.errors import UserError
 from core import distributed
 from core.training.config import TrainConfig
-from common.errors import UserError
 from core.training.resume import command_line
-from common.choices import display_name
 
 if TYPE_CHECKING:
     import data

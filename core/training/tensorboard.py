@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from core.extras import require
 from core.evaluation.metrics import draw_confusion, normalise_rows
+from core.extras import require
 
 FLUSH_EVERY = 50  # steps between reads of the buffered step losses (each read is a host sync)
 EPOCH_SCALARS = ("train_loss", "train_acc", "valid_loss", "valid_acc")

@@ -15,19 +15,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import data
+from common.errors import UserError
+from common.progress import plural
 from core import distributed, engine
 from core.checkpoint import preprocess_from_checkpoint, rng_state, save_checkpoint
+from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
+from core.runs import link_latest, write_history, write_json, write_text_atomic
 from core.training.config import TrainConfig
 from core.training.ema import ModelEMA
 from core.training.phases import Phases
-from common.errors import UserError
-from core.hardware import enable_fast_kernels, make_runtime, out_of_memory_message
 from core.training.pretrained import load_pretrained
-from common.progress import plural
 from core.training.resume import (COUNTERS, Counters, Resume, accumulated, earlier_timing, lr_segments, restore,
                                   segmented_schedule, with_history)
 from core.training.run_folder import check_writable, new_run_dir, run_info
-from core.runs import link_latest, write_history, write_json, write_text_atomic
 from core.training.signals import StopSignal
 from models import build_model, display_name
 
