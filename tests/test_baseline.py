@@ -31,6 +31,7 @@ def evaluate(tmp_path: Path, right: float) -> dict:
 def test_a_model_at_the_majority_baseline_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     m = evaluate(tmp_path, right=0.69)
     assert m["baseline_accuracy"] == pytest.approx(0.68) and m["baseline_class"] == "blast"
+    assert m["baseline_roc_auc"] == 0.5  # saved beside roc_auc, not only printed
     assert m["not_better_than_baseline"] is True
     assert "NOT BETTER than always answering 'blast' (68.00%)" in capsys.readouterr().out
 
