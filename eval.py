@@ -105,9 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = first.config
     source = data.open_data(args.data or config.get("data", "new_dataset"), config.get("layout", "auto"),
                             config.get("split", "patient"), seed=config.get("seed", 0))
+    trained_on = {}
     if not cv_dir:  # the run's own train/valid lists (splits.csv), not a split re-made from the data as it is now
         restored = data.restore_splits(source, first.path.parent, [m.path.parent for m in members[1:]])
-        source = restored.source
+        source, trained_on = restored.source, restored.trained_on
         if restored.note:
             print(f"data: {restored.note}")
     source = cv.fold_view(first.path, source) if len(members) == 1 else source  # a fold model: its own fold
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cv_dir / ("eval-tta" if args.tta else "eval") if cv_dir else default_output(members, args.tta)
     out.mkdir(parents=True, exist_ok=True)
     options = SplitPredictOptions(args.batch_size, args.workers, args.tta,
-                             Path(config.get("out", "storage")) / "cache" if args.cache else None)
+                                  Path(config.get("out", "storage")) / "cache" if args.cache else None)
     title = display_name(first.arch) if len(members) == 1 else \
         f"{display_name(first.arch)} {len(members)}-fold ensemble" if cv_dir else name
     tta = ensemble_tta(members, args.tta)
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(members) > 1:
             write_json(stage / "ensemble.json", {"name": name, "members": member_records(members)})
         settings = EvalSettings(stage, classes, name, title, point, temperature, args.bootstrap, args.seed,
-                                {"checkpoints": checkpoints, "tta": tta, "temperature": temperature})
+                                {"checkpoints": checkpoints, "tta": tta, "temperature": temperature}, trained_on)
         for split in splits:
             probs, labels = predicted[split.name]
             if temperature:

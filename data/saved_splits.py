@@ -14,7 +14,7 @@ fingerprint (config.json "data_fingerprint") tells whether the data changed sinc
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -61,6 +61,7 @@ class Restored:
     source: DataSource
     change: DataChange
     note: str
+    trained_on: dict[str, int] = field(default_factory=dict)  # per test list: its images the run(s) trained on
 
 
 def splits_csv(source: DataSource) -> str:
@@ -98,13 +99,27 @@ def restore_splits(source: DataSource, run_dir: Path, others: Sequence[Path] = (
     """
     saved = read_splits(run_dir)
     restored = _restore(source, run_dir, saved)
-    differ = [other.name for other in others if saved is not None and (theirs := read_splits(other)) is not None
-              and _rows(theirs) != _rows(saved)]
-    if not differ:
-        return restored
-    line = (f"{', '.join(differ)} used other train/valid lists than {run_dir.name}: valid may hold images "
-            f"{'it' if len(differ) == 1 else 'they'} trained on")
-    return replace(restored, note=f"{restored.note}; {line}" if restored.note else line)
+    theirs = {other: read_splits(other) for other in others}
+    differ = [other.name for other, table in theirs.items() if saved is not None and table is not None
+              and _rows(table) != _rows(saved)]
+    lines = [restored.note] if restored.note else []
+    if differ:
+        lines.append(f"{', '.join(differ)} used other train/valid lists than {run_dir.name}: valid may hold images "
+                     f"{'it' if len(differ) == 1 else 'they'} trained on")
+    leaks = count_trained_on(source, [t for t in (saved, *theirs.values()) if t is not None])
+    lines += [f"WARNING: {n} of the {len(source.splits[name])} images of {name} are in the training list the "
+              f"model{'s' if others else ''} learnt from ({SPLITS_FILE}): its scores are optimistic"
+              for name, n in leaks.items()]
+    return replace(restored, note="; ".join(lines), trained_on=leaks)
+
+
+def count_trained_on(source: DataSource, tables: Sequence[pd.DataFrame]) -> dict[str, int]:
+    """Per test list of ``source`` (not train/valid), how many of its images (by real path) are in the train
+    rows of ``tables`` (runs' splits.csv); lists with none are left out."""
+    train = {str(Path(p).resolve()) for table in tables for p in table.loc[table["split"] == "train", "path"]}
+    counts = {name: sum(str(p.resolve()) in train for p in split.paths)
+              for name, split in source.splits.items() if name not in SAVED}
+    return {name: n for name, n in counts.items() if n}
 
 
 def _rows(table: pd.DataFrame) -> set[tuple[str, str]]:

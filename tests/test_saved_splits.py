@@ -1,6 +1,7 @@
 """A run is evaluated and resumed on the train/valid lists it used (splits.csv), whatever was added since."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -11,9 +12,10 @@ import pytest
 
 import eval as eval_script
 import train as train_script
-from conftest import draw_cell
+from conftest import draw_cell, write_lab_dataset
+from core.evaluation.evaluate import EvalSettings, write_split
 from data import open_data, restore_splits, splits_csv
-from data.sources import DataError
+from data.sources import DataError, Split
 
 TINY = ["--image-size", "32", "-b", "8", "--seed", "0", "--workers", "0", "--device", "cpu", "--no-cache"]
 
@@ -109,3 +111,39 @@ def test_an_ensemble_of_runs_on_other_lists_is_noted(tmp_path: Path) -> None:
     source = open_data(root)
     assert restore_splits(source, tmp_path / "a", [tmp_path / "a"]).note == ""
     assert "b used other train/valid lists than a" in restore_splits(source, tmp_path / "a", [tmp_path / "b"]).note
+
+
+def test_test_images_the_run_trained_on_are_counted(tmp_path: Path) -> None:
+    data = write_lab_dataset(tmp_path / "lab", n_train=16, n_valid=8, n_test=6, size=32)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "splits.csv").write_text(splits_csv(open_data(data)))
+    assert restore_splits(open_data(data), run).trained_on == {}
+    test_csv = data / "resnet_18_test.csv"  # changed after training: two training images added
+    test_csv.write_text(test_csv.read_text() + "./new_dataset/train/0.bmp\n./new_dataset/train/1.bmp\n")
+    restored = restore_splits(open_data(data), run)
+    assert restored.trained_on == {"resnet_18_test": 2}
+    assert "WARNING: 2 of the 8 images of resnet_18_test are in the training list" in restored.note
+
+
+def test_eval_flags_a_test_list_holding_training_images(tmp_path: Path, capsys) -> None:
+    data = write_lab_dataset(tmp_path / "lab", n_train=16, n_valid=8, n_test=6, size=32)
+    out = tmp_path / "storage"
+    assert train_script.main(["--data", str(data), "--out", str(out), "--name", "r", "-e", "1", *TINY]) == 0
+    test_csv = data / "resnet_18_test.csv"
+    test_csv.write_text(test_csv.read_text() + "./new_dataset/train/0.bmp\n")
+    capsys.readouterr()
+    assert eval_script.main(["-m", str(out / "r"), "--split", "resnet_18_test", "--bootstrap", "0",
+                             "--output", str(tmp_path / "eval")]) == 0
+    assert "WARNING: 1 of the 7 images of resnet_18_test are in the training list" in capsys.readouterr().out
+
+
+def test_a_labelled_split_holding_training_images_records_it_in_its_metrics(tmp_path: Path, capsys) -> None:
+    labels = np.array([0, 1] * 10)
+    probs = np.eye(2)[labels] * 0.8 + 0.1
+    split = Split("test", tuple(Path(f"{i}.png") for i in range(20)), tuple(labels.tolist()),
+                  tuple(f"{i}.png" for i in range(20)), "a test")
+    write_split(split, probs, labels, EvalSettings(tmp_path, ("normal", "blast"), "run", "ResNet18", resamples=0,
+                                                   trained_on={"test": 3}))
+    assert json.loads((tmp_path / "test_metrics.json").read_text())["trained_on_images"] == 3
+    assert "WARNING: 3 of these images are in the training list" in capsys.readouterr().out

@@ -13,7 +13,7 @@ as named; ``evaluated`` (core.evaluation.fitted.provenance): the checkpoints (pa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,7 +48,8 @@ class EvalSettings:
     temperature: float | None = None  # already applied to the probabilities; recorded in the metrics
     resamples: int = 2000
     seed: int = 0
-    evaluated: dict[str, Any] | None = None  # core.evaluation.fitted.provenance without the split: what was evaluated
+    evaluated: dict[str, Any] | None = None  # fitted.provenance without the split: what was evaluated
+    trained_on: dict[str, int] = field(default_factory=dict)  # per test list: images in the run's train list
 
     @property
     def positive(self) -> int:
@@ -79,6 +80,8 @@ def write_split(split: Split, probs: np.ndarray, labels: np.ndarray, s: EvalSett
     m = scored(labels, probs, preds, s, patients)
     if patients is not None:
         m["patients"] = patient_metrics(split.name, patients, patient_rule(found.pattern), (labels, probs, preds), s)
+    if s.trained_on.get(split.name):  # data.saved_splits.count_trained_on
+        m["trained_on_images"] = s.trained_on[split.name]
     if split.name == "valid":
         for entry in (m, m.get("patients", {})):
             entry.get("bootstrap", {})["note"] = SELECTED_ON_VALID
@@ -164,6 +167,9 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
     lines = [f"{title} {m['images']} images ({how})", "  " + summary_line(m), "  " + baseline_note(m)]
     if b.get("note"):
         lines.append(f"  note: {b['note']}")
+    if m.get("trained_on_images"):
+        lines.append(f"  WARNING: {m['trained_on_images']} of these images are in the training list of the run: "
+                     f"these scores are optimistic")
     op = m.get("operating_point")
     if op:
         show = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
