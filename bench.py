@@ -67,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
+def bench_config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Resolve the device and its default sizes, apply the flags given, check ranges (UserError)."""
     from core.bench.suite import SIZES, BenchConfig
     from core.hardware import pick_device
@@ -100,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_args(get_args_parser().parse_args(argv))
+    cfg = bench_config_from_args(get_args_parser().parse_args(argv))
     import torch  # after parsing, so that --help is instant
 
     from core.bench.suite import (check_targets, describe_machine, format_targets, machine_info, plain, run_audit,

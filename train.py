@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def screen_unreadable(source: data.DataSource, cfg: TrainConfig, skip: bool, dist: Any) -> data.DataSource:
+def screen_on_main_process(source: data.DataSource, cfg: TrainConfig, skip: bool, dist: Any) -> data.DataSource:
     """Every unreadable train/valid image named at once, before any long work (the main process decodes)."""
     from common.progress import progress
     from core import distributed
@@ -210,7 +210,7 @@ def open_source(cfg: TrainConfig, run_dir: Path | None, accept_change: bool, ski
     source = data.open_data(cfg.data, cfg.layout, cfg.split, seed=cfg.seed)
     if skip_unreadable is not None:  # a run that left unreadable images out (unreadable.csv) resumes without them
         skip = skip_unreadable or bool(run_dir and (run_dir / "unreadable.csv").is_file())
-        source = screen_unreadable(source, cfg, skip, dist)
+        source = screen_on_main_process(source, cfg, skip, dist)
     return data.splits_for_resume(source, run_dir, accept_change).source if run_dir else source
 
 

@@ -79,8 +79,10 @@ def test_no_import_cycles() -> None:
 
 
 def test_each_public_name_is_defined_in_one_module() -> None:
+    """Over the library and the scripts at the root (which import from it)."""
     where = defaultdict(list)
-    for module, tree in modules().items():
+    scripts = {path.stem: ast.parse(path.read_text(), str(path)) for path in sorted(ROOT.glob("*.py"))}
+    for module, tree in {**modules(), **scripts}.items():
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
                     and not node.name.startswith("_") and node.name not in ENTRY_POINTS:
