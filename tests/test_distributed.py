@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import eval as eval_script
 from conftest import ROOT, write_lab_dataset
@@ -78,9 +79,9 @@ def test_ema_with_two_processes_trains_every_model_and_the_ranks_agree(tmp_path:
     assert result.stdout.count("parameters identical on all 2 processes") == 2
 
 
-def start_torchrun(data: Path, out: Path, restarts: int = 0) -> subprocess.Popen:
+def start_torchrun(data: Path, out: Path, restarts: int = 0, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """The reference run's command, saving last.pt after every step, in its own process group."""
-    cmd = torchrun("--data", str(data), "--out", str(out), "--name", "ddp", *DDP_ARGS, "--save-every", "1",
+    cmd = torchrun("--data", str(data), "--out", str(out), "--name", "ddp", *DDP_ARGS, *extra, "--save-every", "1",
                    restarts=restarts)
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -102,6 +103,27 @@ def test_ddp_run_killed_mid_epoch_and_resumed_equals_an_uninterrupted_one(ddp_ru
                              timeout=600, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     pd.testing.assert_frame_equal(history(tmp_path / "ddp"), history(reference / "ddp"))
+
+
+def test_ddp_run_with_ema_killed_mid_epoch_and_resumed_equals_an_uninterrupted_one(ddp_run, tmp_path: Path) -> None:
+    """Each rank's EMA BatchNorm statistics follow its own batches until the epoch's average: last.pt keeps them."""
+    data = ddp_run[0]
+    reference = subprocess.run(torchrun("--data", str(data), "--out", str(tmp_path / "reference"), "--name", "ddp",
+                                        *DDP_ARGS, "--ema"), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                               env=ENV)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    proc = start_torchrun(data, tmp_path / "killed", extra=("--ema",))
+    wait_for(tmp_path / "killed" / "ddp" / "last.pt", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed_mid_run(tmp_path / "killed" / "ddp"), "the run finished before it was killed"
+    resumed = subprocess.run(torchrun("--resume", str(tmp_path / "killed" / "ddp")), cwd=ROOT, capture_output=True,
+                             text=True, timeout=600, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    pd.testing.assert_frame_equal(history(tmp_path / "killed" / "ddp"), history(tmp_path / "reference" / "ddp"))
+    ema = [load_checkpoint(tmp_path / run / "ddp" / "last.pt")["ema"] for run in ("killed", "reference")]
+    for name, tensor in ema[1].items():
+        assert torch.equal(ema[0][name], tensor), name
 
 
 def test_elastic_restart_after_a_killed_worker_continues_the_run(ddp_run, tmp_path: Path) -> None:
