@@ -107,8 +107,12 @@ def checkpoint_digest(path: Path) -> str:
 
 
 def state_dict_from(ckpt: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
-    """The model weights in a checkpoint of ours, a torchvision state_dict, or a {'state_dict': ...} file."""
-    for key in ("model", "state_dict", "model_state_dict"):
+    """The model weights in a checkpoint of ours, a torchvision state_dict, or a {'state_dict': ...} file.
+
+    A last.pt of an ``--ema`` run holds both: the averaged weights are the ones it validated (history.csv,
+    best.pt), so eval, predict, export and ``--pretrained`` read those; only resuming reads the raw ones.
+    """
+    for key in ("ema", "model", "state_dict", "model_state_dict"):
         if isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break

@@ -1,7 +1,10 @@
 """torchrun support: one process per GPU (or CPU process with gloo); a no-op without torchrun."""
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -34,6 +37,22 @@ class Dist:
         return self.rank == 0
 
 
+def stop_with_launcher() -> None:
+    """Have Linux send this process SIGTERM when torchrun, its parent, dies.
+
+    torchrun starts each worker in a session of its own, so ``kill -9`` of torchrun alone would leave
+    the workers training on, writing the run folder that a ``--resume`` then shares with them. With
+    SIGTERM they save last.pt at the next step and stop, as after Ctrl-C. (If torchrun died even
+    before this call, joining the group fails: torchrun holds the group's store.)
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # no prctl: the workers outlive a killed torchrun, as before
+
+
 def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes in the environment; pick this rank's GPU.
 
@@ -42,6 +61,7 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(), device
+    stop_with_launcher()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)

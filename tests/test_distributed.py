@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,9 @@ from core.checkpoint import load_checkpoint
 from test_resume import history, wait_for
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-DDP_ARGS = ["-m", "ResNet18", "--image-size", "32", "-b", "4", "-e", "2", "--workers", "0", "--device", "cpu"]
+# --ema too: the kill, restart and stop tests then cover the joint of DDP and EMA as users combine them
+DDP_ARGS = ["-m", "ResNet18", "--ema", "--image-size", "32", "-b", "4", "-e", "2", "--workers", "0",
+            "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +82,25 @@ def test_ema_with_two_processes_trains_every_model_and_the_ranks_agree(tmp_path:
     assert result.stdout.count("parameters identical on all 2 processes") == 2
 
 
-def start_torchrun(data: Path, out: Path, restarts: int = 0, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def start_torchrun(data: Path, out: Path, restarts: int = 0) -> subprocess.Popen:
     """The reference run's command, saving last.pt after every step, in its own process group."""
-    cmd = torchrun("--data", str(data), "--out", str(out), "--name", "ddp", *DDP_ARGS, *extra, "--save-every", "1",
+    cmd = torchrun("--data", str(data), "--out", str(out), "--name", "ddp", *DDP_ARGS, "--save-every", "1",
                    restarts=restarts)
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+
+def workers_of(proc: subprocess.Popen) -> list[int]:
+    """The processes torchrun started (each in a session of its own, so killpg of torchrun misses them)."""
+    return [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" not in status.read_text()
+    except FileNotFoundError:
+        return False
 
 
 def killed_mid_run(run: Path) -> bool:
@@ -93,35 +109,19 @@ def killed_mid_run(run: Path) -> bool:
 
 
 def test_ddp_run_killed_mid_epoch_and_resumed_equals_an_uninterrupted_one(ddp_run, tmp_path: Path) -> None:
+    """Each rank's EMA BatchNorm statistics follow its own batches until the epoch's average: last.pt keeps them."""
     data, reference, _ = ddp_run
     proc = start_torchrun(data, tmp_path)
     wait_for(tmp_path / "ddp" / "last.pt", proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers at once, as a lost machine would
+    for pid in [*workers_of(proc), proc.pid]:  # torchrun and both workers at once, as a lost machine would
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert killed_mid_run(tmp_path / "ddp"), "the run finished before it was killed"
     resumed = subprocess.run(torchrun("--resume", str(tmp_path / "ddp")), cwd=ROOT, capture_output=True, text=True,
                              timeout=600, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     pd.testing.assert_frame_equal(history(tmp_path / "ddp"), history(reference / "ddp"))
-
-
-def test_ddp_run_with_ema_killed_mid_epoch_and_resumed_equals_an_uninterrupted_one(ddp_run, tmp_path: Path) -> None:
-    """Each rank's EMA BatchNorm statistics follow its own batches until the epoch's average: last.pt keeps them."""
-    data = ddp_run[0]
-    reference = subprocess.run(torchrun("--data", str(data), "--out", str(tmp_path / "reference"), "--name", "ddp",
-                                        *DDP_ARGS, "--ema"), cwd=ROOT, capture_output=True, text=True, timeout=600,
-                               env=ENV)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    proc = start_torchrun(data, tmp_path / "killed", extra=("--ema",))
-    wait_for(tmp_path / "killed" / "ddp" / "last.pt", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert killed_mid_run(tmp_path / "killed" / "ddp"), "the run finished before it was killed"
-    resumed = subprocess.run(torchrun("--resume", str(tmp_path / "killed" / "ddp")), cwd=ROOT, capture_output=True,
-                             text=True, timeout=600, env=ENV)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    pd.testing.assert_frame_equal(history(tmp_path / "killed" / "ddp"), history(tmp_path / "reference" / "ddp"))
-    ema = [load_checkpoint(tmp_path / run / "ddp" / "last.pt")["ema"] for run in ("killed", "reference")]
+    ema = [load_checkpoint(run / "ddp" / "last.pt")["ema"] for run in (tmp_path, reference)]
     for name, tensor in ema[1].items():
         assert torch.equal(ema[0][name], tensor), name
 
@@ -130,8 +130,7 @@ def test_elastic_restart_after_a_killed_worker_continues_the_run(ddp_run, tmp_pa
     data, reference, _ = ddp_run
     proc = start_torchrun(data, tmp_path, restarts=2)
     wait_for(tmp_path / "ddp" / "last.pt", proc)
-    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    os.kill(int(workers[-1]), signal.SIGKILL)
+    os.kill(workers_of(proc)[-1], signal.SIGKILL)
     assert killed_mid_run(tmp_path / "ddp"), "the run finished before a worker was killed"
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink()) == ["cache", "ddp"]
@@ -148,10 +147,31 @@ def test_a_stop_signal_to_one_process_stops_every_rank_at_the_next_step(ddp_run,
     for line in proc.stdout:
         if line.startswith("epoch   1/50"):  # both ranks are in the training loop, signal handlers in place
             break
-    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    os.kill(int(workers[-1]), signal.SIGTERM)
+    os.kill(workers_of(proc)[-1], signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ckpt["epoch"] < 50 and ckpt["step"] >= 1  # saved by the stop, mid-epoch, with both ranks' state
     assert len(ckpt["ranks"]) == 2
     assert err.count("resume with: python train.py --resume") == 1  # only rank 0 prints
+
+
+def test_killing_torchrun_alone_stops_its_workers_after_they_save(ddp_run, tmp_path: Path) -> None:
+    """kill -9 of torchrun: its workers get SIGTERM from Linux, save last.pt and stop (no orphans training on)."""
+    cmd = torchrun("--data", str(ddp_run[0]), "--out", str(tmp_path), "--name", "ddp", *DDP_ARGS, "-e", "50")
+    err = tmp_path / "stderr.txt"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                start_new_session=True)
+        for line in proc.stdout:
+            if line.startswith("epoch   1/50"):
+                break
+        workers = workers_of(proc)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 120
+        while any(map(running, workers)):
+            assert time.monotonic() < deadline, "the workers went on training after torchrun was killed"
+            time.sleep(0.1)
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert 1 <= ckpt["epoch"] < 50 and len(ckpt["ranks"]) == 2
+    assert err.read_text().count("resume with: python train.py --resume") == 1

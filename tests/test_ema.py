@@ -10,7 +10,7 @@ import torch
 import eval as eval_script
 import train as train_script
 from conftest import write_lab_dataset
-from core.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint, model_from_checkpoint
 from core.training.ema import ModelEMA
 from models import build_model
 
@@ -89,6 +89,17 @@ def test_validation_scores_the_ema_weights(ema_run: Path) -> None:
     metrics = pd.read_json(ema_run / "eval" / "valid_metrics.json", typ="series")
     history = pd.read_csv(ema_run / "history.csv")
     assert metrics["accuracy"]["value"] == pytest.approx(history["valid_acc"].max())
+
+
+def test_eval_of_last_pt_scores_the_averaged_weights_it_validated(ema_run: Path) -> None:
+    # last.pt holds the raw weights too (to resume); eval, predict and export read the averaged ones
+    last = load_checkpoint(ema_run / "last.pt")
+    loaded = model_from_checkpoint(last, ema_run / "last.pt").state_dict()
+    assert all(torch.equal(loaded[k], last["ema"][k]) for k in last["ema"])
+    out = ema_run / "eval-last"
+    assert eval_script.main(["-m", str(ema_run / "last.pt"), "-c", "--split", "valid", "--output", str(out)]) == 0
+    metrics = pd.read_json(out / "valid_metrics.json", typ="series")
+    assert metrics["accuracy"]["value"] == pytest.approx(pd.read_csv(ema_run / "history.csv")["valid_acc"].iloc[-1])
 
 
 def test_resume_continues_the_average(tmp_path: Path, ema_run: Path) -> None:

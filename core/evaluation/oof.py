@@ -30,8 +30,6 @@ def final_member(path: Path, rt: Runtime) -> Member:
     """A fold's last.pt ready to predict: the weights it validated (the EMA's where the run kept one)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
-    if isinstance(ckpt.get("ema"), dict):
-        model.load_state_dict(ckpt["ema"])
     classes = tuple(map(str, ckpt.get("classes") or range(ckpt["num_classes"])))
     return Member(path, model.to(rt.device), preprocess_from_checkpoint(ckpt, path), ckpt["arch"], classes,
                   ckpt.get("config", {}), ckpt.get("epoch", "?"))

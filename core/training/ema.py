@@ -44,3 +44,15 @@ class ModelEMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(state)
+
+    def rank_buffers(self) -> dict[str, torch.Tensor]:
+        """The floating-point buffers (BatchNorm statistics) on the CPU: under DDP each rank averages its
+        own batches' statistics until the epoch's end, so a mid-epoch last.pt keeps every rank's."""
+        return {name: b.detach().cpu().clone() for name, b in self.module.named_buffers() if b.is_floating_point()}
+
+    def load_rank_buffers(self, buffers: dict[str, torch.Tensor]) -> None:
+        """Put back what ``rank_buffers`` returned on this rank."""
+        own = dict(self.module.named_buffers())
+        with torch.no_grad():
+            for name, value in buffers.items():
+                own[name].copy_(value)

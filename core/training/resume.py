@@ -3,8 +3,9 @@ when it is trained longer, torchrun's elastic restarts, and the record of its se
 
 What ``restore`` does with the parts of last.pt that may not fit the process reading it:
 
-- ``ranks``: one RNG state and partial-epoch sums per rank (DDP). The same number of ranks gets
-  its own back; another number gets rank 0's RNG and all the sums counted once, on rank 0.
+- ``ranks``: one RNG state and partial-epoch sums per rank (DDP), and with --ema that rank's EMA
+  BatchNorm statistics. The same number of ranks gets its own back; another number gets rank 0's
+  RNG and EMA statistics and all the sums counted once, on rank 0.
 - ``scaler``: the fp16 loss scale. A run saved on the CPU or in bf16/fp32 has none; resumed where
   AMP uses fp16 the scaler starts fresh (it finds its scale again within a few steps).
 - ``lr_segments``: the learning-rate schedule as pieces, one per time the run was trained longer
@@ -65,6 +66,8 @@ def restore(resume: Resume, models: tuple[torch.nn.Module, ModelEMA | None], opt
         raw.load_state_dict(ckpt["model"])
         if ema:
             ema.load_state_dict(ckpt["ema"])
+            if own := rank_ema_buffers(ckpt, dist):
+                ema.load_rank_buffers(own)
         optimizer.load_state_dict(ckpt["optimizer"])
         if not load_scaler(scaler, ckpt["scaler"]) and dist.is_main:
             print(f"{resume.run_dir / 'last.pt'} holds no fp16 loss scale (saved on another device or precision); "
@@ -101,6 +104,16 @@ def rank_state(ckpt: dict[str, Any], dist: distributed.Dist) -> tuple[dict[str, 
     mine = total if dist.is_main else {**total, **{k: torch.zeros_like(total[k]) for k in engine.EpochSums.COUNTED
                                                    if k in total}}
     return ranks[0]["rng"], {**mine, "bad_step": torch.tensor(-1)}
+
+
+def rank_ema_buffers(ckpt: dict[str, Any], dist: distributed.Dist) -> dict[str, torch.Tensor] | None:
+    """This rank's EMA BatchNorm statistics, when last.pt kept them for the same number of ranks.
+
+    Otherwise (another number of ranks, or a last.pt from before they were kept) every rank starts
+    from rank 0's, as saved in ``ema``; they are averaged over the ranks at the epoch's end anyway.
+    """
+    ranks = ckpt.get("ranks") or []
+    return ranks[dist.rank].get("ema_buffers") if len(ranks) == dist.world_size else None
 
 
 # ------------------------------------------------------------------------- learning-rate schedule

@@ -87,8 +87,9 @@ class Run:
         c = self.counters
         at = (c.epoch + 1, c.step) if c.step else (c.epoch, self.steps)
         check_state_finite(self, sums, at)
-        ranks = distributed.gather_objects({"rng": rng_state(), "sums": sums.state_dict() if sums else None},
-                                           self.dist)
+        mine = {"rng": rng_state(), "sums": sums.state_dict() if sums else None,
+                **({"ema_buffers": self.ema.rank_buffers()} if self.ema and self.dist.enabled else {})}
+        ranks = distributed.gather_objects(mine, self.dist)
         if self.dist.is_main:
             with self.phases.time("checkpoints"):
                 save_checkpoint({**self.snapshot(sums), **({"ranks": ranks} if self.dist.enabled else {}),
