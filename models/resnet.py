@@ -120,6 +120,18 @@ def _make_head(in_features: int, num_classes: int, head: str, hidden: int, dropo
     raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
 
 
+class GlobalAvgPool(nn.Module):
+    """The mean over height and width, N x C x H x W -> N x C x 1 x 1 (torchvision: AdaptiveAvgPool2d((1, 1))).
+
+    A plain mean because its gradient on CUDA is deterministic: adaptive_avg_pool2d_backward_cuda has
+    no deterministic version, so with ``torch.use_deterministic_algorithms(True)`` (train.py
+    --deterministic) every ResNet would stop at its first backward pass on a GPU.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 class ResNet(nn.Module):
     """Stem, four stages of residual blocks, global average pool and a classifier ``fc``."""
 
@@ -136,7 +148,7 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = GlobalAvgPool()
         self.num_features = 512 * block.expansion  # channels of forward_features' output
         self.fc = _make_head(self.num_features, num_classes, head, hidden, dropout)
         self.backbone_frozen = False

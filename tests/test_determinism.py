@@ -111,3 +111,23 @@ def test_deterministic_runs_repeat_exactly_and_say_so(lab_data: Path, tmp_path: 
     a, b = (pd.read_csv(tmp_path / n / "history.csv").drop(columns="seconds") for n in ("a", "b"))
     pd.testing.assert_frame_equal(a, b)
     assert json.loads((tmp_path / "a" / "config.json").read_text())["deterministic"] is True
+
+
+# Modules whose backward has no deterministic CUDA kernel (torch.use_deterministic_algorithms' list):
+# one of them in a model would stop every --deterministic run on a GPU at its first step.
+NO_DETERMINISTIC_CUDA_BACKWARD = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d, torch.nn.AdaptiveMaxPool2d,
+                                  torch.nn.AvgPool3d, torch.nn.MaxPool3d, torch.nn.FractionalMaxPool2d,
+                                  torch.nn.FractionalMaxPool3d, torch.nn.Upsample, torch.nn.ReflectionPad2d,
+                                  torch.nn.EmbeddingBag, torch.nn.CTCLoss)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_every_model_can_train_with_deterministic_cuda_kernels(arch: str, head: str) -> None:
+    from models import build_model
+
+    model = build_model(arch, 2, head=head)
+    found = [name for name, m in model.named_modules() if isinstance(m, NO_DETERMINISTIC_CUDA_BACKWARD)]
+    assert found == []
+    x = torch.randn(2, 512, 3, 5)  # the global pool still averages exactly as torchvision's adaptive pool does
+    torch.testing.assert_close(model.avgpool(x), torch.nn.AdaptiveAvgPool2d((1, 1))(x), atol=1e-6, rtol=1e-6)
