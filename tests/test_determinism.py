@@ -21,6 +21,7 @@ from common.errors import UserError, run_cli
 from core import engine
 from core.hardware import enable_fast_kernels
 from core.training.determinism import deterministic_errors, make_deterministic
+from models import build_model
 
 TINY = ["-m", "ResNet18", "--image-size", "32", "-b", "8", "-e", "1", "--workers", "0", "--seed", "4"]
 NO_DETERMINISTIC = ("adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, but you set "
@@ -124,8 +125,6 @@ NO_DETERMINISTIC_CUDA_BACKWARD = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveA
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_every_model_can_train_with_deterministic_cuda_kernels(arch: str, head: str) -> None:
-    from models import build_model
-
     model = build_model(arch, 2, head=head)
     found = [name for name, m in model.named_modules() if isinstance(m, NO_DETERMINISTIC_CUDA_BACKWARD)]
     assert found == []

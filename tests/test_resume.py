@@ -270,8 +270,8 @@ def test_a_two_process_state_resumed_in_one_process_counts_both_partial_sums_onc
 
     ckpt = {"rng": "rank 0", "sums": sums(2.0, 8), "ranks": [{"rng": "rank 0", "sums": sums(2.0, 8)},
                                                              {"rng": "rank 1", "sums": sums(3.0, 8)}]}
-    rng, mine = rank_state(ckpt, distributed.Dist())
+    rng, mine, _ = rank_state(ckpt, distributed.Dist())
     assert rng == "rank 0"
     assert (mine["loss"].item(), mine["seen"].item(), mine["bad_step"].item()) == (5.0, 16, -1)
-    rng, theirs = rank_state(ckpt, distributed.Dist(rank=1, world_size=2))
+    rng, theirs, _ = rank_state(ckpt, distributed.Dist(rank=1, world_size=2))
     assert rng == "rank 1" and theirs["loss"].item() == 3.0

@@ -63,16 +63,16 @@ def restore(resume: Resume, models: tuple[torch.nn.Module, ModelEMA | None], opt
     ckpt = resume.ckpt
     raw, ema = models
     try:
+        rng, sums, ema_buffers = rank_state(ckpt, dist)
         raw.load_state_dict(ckpt["model"])
         if ema:
             ema.load_state_dict(ckpt["ema"])
-            if own := rank_ema_buffers(ckpt, dist):
-                ema.load_rank_buffers(own)
+            if ema_buffers:
+                ema.load_rank_buffers(ema_buffers)
         optimizer.load_state_dict(ckpt["optimizer"])
         if not load_scaler(scaler, ckpt["scaler"]) and dist.is_main:
             print(f"{resume.run_dir / 'last.pt'} holds no fp16 loss scale (saved on another device or precision); "
                   "the GradScaler starts fresh")
-        rng, sums = rank_state(ckpt, dist)
         if sums is not None:
             engine.EpochSums.from_state(sums, device, ckpt["step"])  # fail now, not mid-epoch
         set_rng_state(rng)
@@ -92,28 +92,22 @@ def load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> bool:
     return True
 
 
-def rank_state(ckpt: dict[str, Any], dist: distributed.Dist) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """This rank's RNG state and partial-epoch sums from a checkpoint (see the module docstring)."""
+def rank_state(ckpt: dict[str, Any], dist: distributed.Dist
+               ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+    """This rank's RNG state, partial-epoch sums and (with --ema under DDP) EMA BatchNorm statistics from a
+    checkpoint (see the module docstring). No EMA statistics: every rank keeps rank 0's, saved in ``ema``
+    (another number of ranks, or a last.pt from before they were kept)."""
     ranks = ckpt.get("ranks") or [{"rng": ckpt["rng"], "sums": ckpt["sums"]}]
     if len(ranks) == dist.world_size:
-        return ranks[dist.rank]["rng"], ranks[dist.rank]["sums"]
+        own = ranks[dist.rank]
+        return own["rng"], own["sums"], own.get("ema_buffers")
     partial = [r["sums"] for r in ranks if r["sums"] is not None]
     if not partial:
-        return ranks[0]["rng"], None
+        return ranks[0]["rng"], None, None
     total = {**partial[0], **{k: sum(p[k] for p in partial) for k in engine.EpochSums.COUNTED if k in partial[0]}}
     mine = total if dist.is_main else {**total, **{k: torch.zeros_like(total[k]) for k in engine.EpochSums.COUNTED
                                                    if k in total}}
-    return ranks[0]["rng"], {**mine, "bad_step": torch.tensor(-1)}
-
-
-def rank_ema_buffers(ckpt: dict[str, Any], dist: distributed.Dist) -> dict[str, torch.Tensor] | None:
-    """This rank's EMA BatchNorm statistics, when last.pt kept them for the same number of ranks.
-
-    Otherwise (another number of ranks, or a last.pt from before they were kept) every rank starts
-    from rank 0's, as saved in ``ema``; they are averaged over the ranks at the epoch's end anyway.
-    """
-    ranks = ckpt.get("ranks") or []
-    return ranks[dist.rank].get("ema_buffers") if len(ranks) == dist.world_size else None
+    return ranks[0]["rng"], {**mine, "bad_step": torch.tensor(-1)}, None
 
 
 # ------------------------------------------------------------------------- learning-rate schedule
